@@ -1,0 +1,216 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GetFeaturesRequest(_message.Message):
+    __slots__ = ("pins", "as_of_time_utc", "feature_keys", "feature_groups", "graph_resolution_mode", "request_id")
+    PINS_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_TIME_UTC_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_RESOLUTION_MODE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    pins: ContextPins
+    as_of_time_utc: str
+    feature_keys: _containers.RepeatedCompositeFieldContainer[FeatureKey]
+    feature_groups: _containers.RepeatedCompositeFieldContainer[FeatureGroupRef]
+    graph_resolution_mode: str
+    request_id: str
+    def __init__(self, pins: _Optional[_Union[ContextPins, _Mapping]] = ..., as_of_time_utc: _Optional[str] = ..., feature_keys: _Optional[_Iterable[_Union[FeatureKey, _Mapping]]] = ..., feature_groups: _Optional[_Iterable[_Union[FeatureGroupRef, _Mapping]]] = ..., graph_resolution_mode: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ContextPins(_message.Message):
+    __slots__ = ("platform_run_id", "scenario_run_id", "scenario_id", "manifest_fingerprint", "parameter_hash", "seed", "run_id")
+    PLATFORM_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_ID_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_HASH_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    platform_run_id: str
+    scenario_run_id: str
+    scenario_id: str
+    manifest_fingerprint: str
+    parameter_hash: str
+    seed: int
+    run_id: str
+    def __init__(self, platform_run_id: _Optional[str] = ..., scenario_run_id: _Optional[str] = ..., scenario_id: _Optional[str] = ..., manifest_fingerprint: _Optional[str] = ..., parameter_hash: _Optional[str] = ..., seed: _Optional[int] = ..., run_id: _Optional[str] = ...) -> None: ...
+
+class FeatureKey(_message.Message):
+    __slots__ = ("key_type", "key_id")
+    KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_type: str
+    key_id: str
+    def __init__(self, key_type: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class FeatureGroupRef(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class GetFeaturesResponse(_message.Message):
+    __slots__ = ("status", "snapshot", "served_at_utc", "request_id")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    SERVED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    snapshot: FeatureSnapshot
+    served_at_utc: str
+    request_id: str
+    def __init__(self, status: _Optional[str] = ..., snapshot: _Optional[_Union[FeatureSnapshot, _Mapping]] = ..., served_at_utc: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class FeatureSnapshot(_message.Message):
+    __slots__ = ("snapshot_hash", "pins", "as_of_time_utc", "created_at_utc", "feature_groups", "feature_def_policy_rev", "run_config_digest", "eb_offset_basis", "graph_version", "features", "freshness", "snapshot_ref", "notes")
+    SNAPSHOT_HASH_FIELD_NUMBER: _ClassVar[int]
+    PINS_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_TIME_UTC_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_DEF_POLICY_REV_FIELD_NUMBER: _ClassVar[int]
+    RUN_CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    EB_OFFSET_BASIS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    FRESHNESS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_REF_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    snapshot_hash: str
+    pins: ContextPins
+    as_of_time_utc: str
+    created_at_utc: str
+    feature_groups: _containers.RepeatedCompositeFieldContainer[FeatureGroupRef]
+    feature_def_policy_rev: FeatureDefPolicyRev
+    run_config_digest: str
+    eb_offset_basis: EbOffsetBasis
+    graph_version: GraphVersion
+    features: _struct_pb2.Struct
+    freshness: Freshness
+    snapshot_ref: str
+    notes: str
+    def __init__(self, snapshot_hash: _Optional[str] = ..., pins: _Optional[_Union[ContextPins, _Mapping]] = ..., as_of_time_utc: _Optional[str] = ..., created_at_utc: _Optional[str] = ..., feature_groups: _Optional[_Iterable[_Union[FeatureGroupRef, _Mapping]]] = ..., feature_def_policy_rev: _Optional[_Union[FeatureDefPolicyRev, _Mapping]] = ..., run_config_digest: _Optional[str] = ..., eb_offset_basis: _Optional[_Union[EbOffsetBasis, _Mapping]] = ..., graph_version: _Optional[_Union[GraphVersion, _Mapping]] = ..., features: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., freshness: _Optional[_Union[Freshness, _Mapping]] = ..., snapshot_ref: _Optional[str] = ..., notes: _Optional[str] = ...) -> None: ...
+
+class FeatureDefPolicyRev(_message.Message):
+    __slots__ = ("policy_id", "revision", "content_digest")
+    POLICY_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    policy_id: str
+    revision: str
+    content_digest: str
+    def __init__(self, policy_id: _Optional[str] = ..., revision: _Optional[str] = ..., content_digest: _Optional[str] = ...) -> None: ...
+
+class EbOffsetBasis(_message.Message):
+    __slots__ = ("stream", "offset_kind", "offsets", "basis_digest", "window_start_utc", "window_end_utc")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_KIND_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    BASIS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_UTC_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_END_UTC_FIELD_NUMBER: _ClassVar[int]
+    stream: str
+    offset_kind: str
+    offsets: _containers.RepeatedCompositeFieldContainer[EbOffset]
+    basis_digest: str
+    window_start_utc: str
+    window_end_utc: str
+    def __init__(self, stream: _Optional[str] = ..., offset_kind: _Optional[str] = ..., offsets: _Optional[_Iterable[_Union[EbOffset, _Mapping]]] = ..., basis_digest: _Optional[str] = ..., window_start_utc: _Optional[str] = ..., window_end_utc: _Optional[str] = ...) -> None: ...
+
+class EbOffset(_message.Message):
+    __slots__ = ("partition", "offset")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    offset: str
+    def __init__(self, partition: _Optional[int] = ..., offset: _Optional[str] = ...) -> None: ...
+
+class GraphVersion(_message.Message):
+    __slots__ = ("version_id", "watermark_ts_utc", "stream", "basis_digest", "computed_at_utc")
+    VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    WATERMARK_TS_UTC_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    BASIS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    COMPUTED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
+    version_id: str
+    watermark_ts_utc: str
+    stream: str
+    basis_digest: str
+    computed_at_utc: str
+    def __init__(self, version_id: _Optional[str] = ..., watermark_ts_utc: _Optional[str] = ..., stream: _Optional[str] = ..., basis_digest: _Optional[str] = ..., computed_at_utc: _Optional[str] = ...) -> None: ...
+
+class Freshness(_message.Message):
+    __slots__ = ("state", "flags", "stale_groups", "missing_groups", "missing_feature_keys")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    STALE_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FEATURE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    flags: _containers.RepeatedScalarFieldContainer[str]
+    stale_groups: _containers.RepeatedScalarFieldContainer[str]
+    missing_groups: _containers.RepeatedScalarFieldContainer[str]
+    missing_feature_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, state: _Optional[str] = ..., flags: _Optional[_Iterable[str]] = ..., stale_groups: _Optional[_Iterable[str]] = ..., missing_groups: _Optional[_Iterable[str]] = ..., missing_feature_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ErrorResponse(_message.Message):
+    __slots__ = ("status", "code", "retryable", "detail", "request_id", "served_at_utc")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    code: str
+    retryable: bool
+    detail: str
+    request_id: str
+    served_at_utc: str
+    def __init__(self, status: _Optional[str] = ..., code: _Optional[str] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., request_id: _Optional[str] = ..., served_at_utc: _Optional[str] = ...) -> None: ...
+
+class CanonicalEnvelope(_message.Message):
+    __slots__ = ("event_id", "event_type", "ts_utc", "manifest_fingerprint", "parameter_hash", "seed", "scenario_id", "platform_run_id", "scenario_run_id", "run_id", "schema_version", "emitted_at_utc", "trace_id", "span_id", "parent_event_id", "producer", "payload")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TS_UTC_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_HASH_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_ID_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EMITTED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    event_type: str
+    ts_utc: str
+    manifest_fingerprint: str
+    parameter_hash: str
+    seed: int
+    scenario_id: str
+    platform_run_id: str
+    scenario_run_id: str
+    run_id: str
+    schema_version: str
+    emitted_at_utc: str
+    trace_id: str
+    span_id: str
+    parent_event_id: str
+    producer: str
+    payload: _struct_pb2.Struct
+    def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., ts_utc: _Optional[str] = ..., manifest_fingerprint: _Optional[str] = ..., parameter_hash: _Optional[str] = ..., seed: _Optional[int] = ..., scenario_id: _Optional[str] = ..., platform_run_id: _Optional[str] = ..., scenario_run_id: _Optional[str] = ..., run_id: _Optional[str] = ..., schema_version: _Optional[str] = ..., emitted_at_utc: _Optional[str] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., parent_event_id: _Optional[str] = ..., producer: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...

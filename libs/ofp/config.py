@@ -1,0 +1,121 @@
+"""Settings for both workloads: defaults -> YAML file -> environment (SPEC 5).
+
+The environment wins. Unknown YAML keys are errors. The database URL is a
+secret: it is read from the environment only and masked wherever it is printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the setting."""
+
+
+def mask_dsn(dsn: str | None) -> str:
+    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`."""
+    if not dsn:
+        return "<unset>"
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or "@" not in rest:
+        return f"{scheme}://***" if sep else "***"
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = field(default=None, repr=False)
+    features_path: str = "config/features_v0.yaml"
+    bus_kind: str = "file"
+    file_bus_root: str = ".ofp/bus"
+    required_platform_run_id: str | None = None
+    kinesis_endpoint_url: str | None = None
+    aws_region: str | None = None
+    grpc_address: str = "127.0.0.1:50051"
+    metrics_port: int | None = None
+    # projector
+    batch_size: int = 2000
+    poll_interval_ms: int = 50
+    retention_days: int = 30
+    # server
+    max_keys: int = 100
+    max_groups: int = 16
+    max_message_bytes: int = 1 << 20
+    deadline_ms: int = 2000
+    max_basis_lag_s: int = 300
+    db_pool_max: int = 8
+    # local runs without OFP_DATABASE_URL
+    embedded_data_dir: str = ".ofp/pg"
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "database_url"
+        )
+        return f"Settings(database_url={mask_dsn(self.database_url)!r}, {shown})"
+
+    def validate(self) -> Settings:
+        if self.bus_kind not in ("file", "kinesis"):
+            raise ConfigError(f"bus_kind must be 'file' or 'kinesis', not {self.bus_kind!r}")
+        for name in ("batch_size", "max_keys", "max_groups", "max_message_bytes", "deadline_ms"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0")
+        if self.max_keys > 100 or self.max_groups > 16:
+            raise ConfigError("max_keys may not exceed 100 nor max_groups 16 (contract bounds)")
+        if self.retention_days < 8:
+            # The largest default window is 7 days plus 2 minutes of lateness.
+            raise ConfigError("retention_days must cover the largest window plus lateness (>= 8)")
+        return self
+
+
+_SECRET_FROM_ENV_ONLY = {"database_url"}
+_ENV_NAMES = {"aws_region": "AWS_REGION"}
+
+
+def env_name(name: str) -> str:
+    return _ENV_NAMES.get(name, f"OFP_{name.upper()}")
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    environ = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    known = {f.name: f for f in fields(Settings)}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot read ({exc.strerror})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping")
+        for key, value in raw.items():
+            if key not in known:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            if key in _SECRET_FROM_ENV_ONLY:
+                raise ConfigError(f"config file {path}: {key} is a secret; set {env_name(key)}")
+            values[key] = value
+    for name in known:
+        text = environ.get(env_name(name))
+        if text is not None and text != "":
+            values[name] = text
+    coerced = {name: _coerce(known[name], value) for name, value in values.items()}
+    return Settings(**coerced).validate()
+
+
+def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
+    kind = str(f.type)
+    if value is None:
+        return None
+    try:
+        if kind.startswith("int"):
+            return int(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{f.name}: {value!r} is not a valid {kind}") from None

@@ -1,0 +1,144 @@
+"""GetFeatures request validation (SPEC 4.1): proto -> JSON form -> `ValidRequest`.
+
+Every constraint of `get_features_request.schema.yaml` is enforced through the schema
+itself; the rules a schema cannot say are checked here:
+
+- `pins` absent (or null) or any of the six pins absent -> MISSING_PINS; a pin that is
+  present but malformed is INVALID_REQUEST like every other violation;
+- `as_of_time_utc` must be a real calendar instant in the micros form;
+- `pins.run_id`, when present, must equal `pins.scenario_run_id`;
+- a group name at most once;
+- at most `max_keys` keys and `max_groups` groups (the configured limits; the schema's
+  maxItems are the hard upper bounds).
+
+Details name the field path and never carry stack traces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+# types-protobuf is not a dev dependency yet; the ignore is inert once it is.
+from google.protobuf import json_format  # type: ignore[import-untyped,unused-ignore]
+from google.protobuf.message import Message  # type: ignore[import-untyped,unused-ignore]
+from google.protobuf.unknown_fields import (  # type: ignore[import-untyped,unused-ignore]
+    UnknownFieldSet,
+)
+
+from ofp.api.v1 import feature_service_pb2
+from ofp.contracts.errors import ContractError, ErrorCode
+from ofp.contracts.schemas import GET_FEATURES_REQUEST, first_error
+from ofp.contracts.timefmt import format_micros, parse_micros
+
+PIN_NAMES = (
+    "platform_run_id",
+    "scenario_run_id",
+    "scenario_id",
+    "manifest_fingerprint",
+    "parameter_hash",
+    "seed",
+)
+DEFAULT_GRAPH_RESOLUTION_MODE = "none"
+
+
+@dataclass(frozen=True)
+class ValidRequest:
+    """A GetFeatures request that passed every contract rule."""
+
+    pins: dict[str, Any]  # the pins as given (run_id included when present); seed is an int
+    as_of_us: int  # microseconds since the Unix epoch, UTC
+    as_of_text: str  # canonical micros form of as_of_us
+    keys: tuple[tuple[str, str], ...]  # (key_type, key_id) in request order
+    groups: tuple[tuple[str, str], ...]  # (name, version) in request order
+    graph_resolution_mode: str = DEFAULT_GRAPH_RESOLUTION_MODE
+    request_id: str | None = None
+
+
+def _invalid(detail: str) -> ContractError:
+    return ContractError(ErrorCode.INVALID_REQUEST, detail)
+
+
+def _messages(msg: Message) -> Iterator[Message]:
+    """`msg` and every message nested in it (set singular and repeated message fields)."""
+    yield msg
+    for descriptor, value in msg.ListFields():
+        if descriptor.message_type is None or descriptor.message_type.GetOptions().map_entry:
+            continue
+        if descriptor.is_repeated:
+            for item in value:
+                yield from _messages(item)
+        else:
+            yield from _messages(value)
+
+
+def request_to_json(msg: feature_service_pb2.GetFeaturesRequest) -> dict[str, Any]:
+    """The JSON form of a proto request, with `pins.seed` back as an int.
+
+    A message carrying fields this contract does not know (a newer or foreign client)
+    is refused: unknown fields are rejected, never silently dropped.
+    """
+    for part in _messages(msg):
+        unknown = UnknownFieldSet(part)
+        if len(unknown):
+            numbers = sorted({field.field_number for field in unknown})
+            where = part.DESCRIPTOR.name
+            raise _invalid(f"{where}: unknown field number(s) {numbers}")
+    doc: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    pins = doc.get("pins")
+    if isinstance(pins, dict) and isinstance(pins.get("seed"), str):
+        pins["seed"] = int(pins["seed"])  # proto3 JSON renders uint64 as a string
+    return doc
+
+
+def validate_request_json(
+    doc: dict[str, Any], *, max_keys: int = 100, max_groups: int = 16
+) -> ValidRequest:
+    """Validate a JSON-form request; raise ContractError (MISSING_PINS / INVALID_REQUEST)."""
+    if not isinstance(doc, dict):
+        raise _invalid("request: must be a JSON object")
+    pins = doc.get("pins")
+    if pins is None:
+        raise ContractError(ErrorCode.MISSING_PINS, "pins: required")
+    if isinstance(pins, dict):
+        missing = [name for name in PIN_NAMES if pins.get(name) is None]
+        if missing:
+            raise ContractError(
+                ErrorCode.MISSING_PINS, "pins: missing " + ", ".join(f"pins.{m}" for m in missing)
+            )
+
+    error = first_error(GET_FEATURES_REQUEST, doc)
+    if error is not None:
+        raise _invalid(error)
+
+    # The schema has passed: every shape below is as declared.
+    try:
+        as_of_us = parse_micros(doc["as_of_time_utc"])
+    except ValueError:
+        raise _invalid("as_of_time_utc: not a valid calendar instant") from None
+    run_id = pins.get("run_id")
+    if run_id is not None and run_id != pins["scenario_run_id"]:
+        raise _invalid("pins.run_id: must equal pins.scenario_run_id")
+
+    keys = tuple((k["key_type"], k["key_id"]) for k in doc["feature_keys"])
+    groups = tuple((g["name"], g["version"]) for g in doc["feature_groups"])
+    if len(keys) > max_keys:
+        raise _invalid(f"feature_keys: {len(keys)} keys exceed the limit of {max_keys}")
+    if len(groups) > max_groups:
+        raise _invalid(f"feature_groups: {len(groups)} groups exceed the limit of {max_groups}")
+    seen: set[str] = set()
+    for index, (name, _version) in enumerate(groups):
+        if name in seen:
+            raise _invalid(f"feature_groups[{index}].name: group {name!r} requested twice")
+        seen.add(name)
+
+    return ValidRequest(
+        pins=dict(pins),
+        as_of_us=as_of_us,
+        as_of_text=format_micros(as_of_us),
+        keys=keys,
+        groups=groups,
+        graph_resolution_mode=doc.get("graph_resolution_mode", DEFAULT_GRAPH_RESOLUTION_MODE),
+        request_id=doc.get("request_id"),
+    )

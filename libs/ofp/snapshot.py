@@ -1,0 +1,180 @@
+"""GetFeatures as pure functions: request -> read plan, stored row -> snapshot (SPEC 4).
+
+`plan_read` says exactly which tiles and event ranges the store must sum;
+`assemble_snapshot` turns what one database snapshot returned into the
+contract's snapshot, freshness and hash. No I/O and no wall clock here, except
+`created_at_us` which the caller passes in and which is not hashed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ofp.contracts.canonical import decimal_text
+from ofp.contracts.errors import ContractError, ErrorCode
+from ofp.contracts.hashing import basis_digest, snapshot_hash
+from ofp.contracts.request import ValidRequest
+from ofp.contracts.timefmt import format_micros
+from ofp.policy import FeatureGroup, Policy
+from ofp.store.reads import LastProbe, SnapshotRow, ValueProbe
+from ofp.windows import window_probe
+
+FLAG_STALE_INPUT_BASIS = "STALE_INPUT_BASIS"
+FLAG_MISSING_FEATURE_STATE = "MISSING_FEATURE_STATE"
+FLAG_STALE_BY_TTL = "STALE_BY_TTL"
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One (key, group) pair the request asks for, and where its probes sit."""
+
+    key_type: str
+    key_id: str
+    group: FeatureGroup
+    value_slots: tuple[int, ...]  # one per window, in group.windows order
+    last_slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    groups: tuple[FeatureGroup, ...]  # requested groups, sorted by (name, version)
+    cells: tuple[Cell, ...]
+    values: list[ValueProbe]
+    lasts: list[LastProbe]
+
+
+def plan_read(req: ValidRequest, policy: Policy, group_ids: dict[tuple[str, str], int]) -> ReadPlan:
+    groups = []
+    for name, version in req.groups:
+        g = policy.group(name, version)
+        if g is None or (name, version) not in group_ids:
+            known = ", ".join(f"{x.name}/{x.version}" for x in policy.groups)
+            raise ContractError(
+                ErrorCode.INVALID_REQUEST,
+                f"feature group {name}/{version} is not in policy {policy.policy_id}"
+                f" revision {policy.revision} (known: {known})",
+            )
+        groups.append(g)
+    groups.sort(key=lambda g: (g.name, g.version))
+    cells: list[Cell] = []
+    values: list[ValueProbe] = []
+    lasts: list[LastProbe] = []
+    seen: set[tuple[str, str, str]] = set()
+    for key_type, key_id in req.keys:
+        for g in groups:
+            if g.key_type != key_type or (key_type, key_id, g.name) in seen:
+                continue
+            seen.add((key_type, key_id, g.name))
+            gid = group_ids[(g.name, g.version)]
+            slots = []
+            for w in g.windows:
+                slots.append(len(values))
+                values.append(ValueProbe(gid, key_id, window_probe(req.as_of_us, w.duration_us)))
+            lasts.append(LastProbe(gid, key_id, req.as_of_us - g.max_window_us, req.as_of_us))
+            cells.append(Cell(key_type, key_id, g, tuple(slots), len(lasts) - 1))
+    return ReadPlan(tuple(groups), tuple(cells), values, lasts)
+
+
+def check_row(req: ValidRequest, plan: ReadPlan, row: SnapshotRow) -> None:
+    """Refusals that depend on what the store holds (SPEC 4.5)."""
+    if row.scope_id is None:
+        raise ContractError(ErrorCode.NOT_FOUND, "no state was ever recorded for these pins")
+    if not row.offsets:
+        raise ContractError(ErrorCode.UNAVAILABLE, "no input basis yet: nothing consumed")
+    if len(row.offset_kinds) != 1:
+        raise ContractError(
+            ErrorCode.MISSING_PROVENANCE, "the basis mixes offset kinds; cannot state it"
+        )
+    if row.retained_from_us is not None:
+        reach = req.as_of_us - max(g.max_window_us for g in plan.groups)
+        if reach < row.retained_from_us:
+            raise ContractError(
+                ErrorCode.UNAVAILABLE,
+                f"as_of_time_utc reaches before retained state"
+                f" ({format_micros(row.retained_from_us)})",
+                retryable=False,
+            )
+
+
+def assemble_snapshot(
+    req: ValidRequest,
+    plan: ReadPlan,
+    row: SnapshotRow,
+    *,
+    stream: str,
+    max_basis_lag_us: int,
+    created_at_us: int,
+) -> dict[str, Any]:
+    """The contract snapshot (JSON form) including its snapshot_hash."""
+    check_row(req, plan, row)
+    offset_kind = row.offset_kinds[0]
+    offsets = [{"partition": p, "offset": o} for p, o in row.offsets]
+    basis: dict[str, Any] = {
+        "stream": stream,
+        "offset_kind": offset_kind,
+        "offsets": offsets,
+        "basis_digest": basis_digest(stream, offset_kind, offsets),
+    }
+    if row.watermark_us is not None:
+        basis["window_end_utc"] = format_micros(row.watermark_us)
+
+    features: dict[str, dict[str, dict[str, Any]]] = {}
+    present_groups: set[str] = set()
+    missing_keys: set[str] = set()
+    stale_groups: set[str] = set()
+    flags: set[str] = set()
+    red = False
+    matched_types = {c.key_type for c in plan.cells}
+    for key_type, key_id in req.keys:
+        if key_type not in matched_types:
+            missing_keys.add(f"{key_type}:{key_id}")
+    for cell in plan.cells:
+        label = f"{cell.key_type}:{cell.key_id}"
+        last_us = row.lasts.get(cell.last_slot)
+        if last_us is None:
+            missing_keys.add(label)
+            continue
+        present_groups.add(cell.group.name)
+        values: dict[str, Any] = {}
+        for w, slot in zip(cell.group.windows, cell.value_slots, strict=True):
+            count, total = row.values.get(slot, (0, None))
+            values[f"event_count_{w.name}"] = count
+            values[f"amount_sum_{w.name}"] = "0" if total is None else decimal_text(total)
+            if req.as_of_us - last_us > w.ttl_us:
+                flags.add(FLAG_STALE_BY_TTL)
+                stale_groups.add(cell.group.name)
+        values["last_event_ts_utc"] = format_micros(last_us)
+        features.setdefault(label, {})[cell.group.name] = values
+    if missing_keys:
+        flags.add(FLAG_MISSING_FEATURE_STATE)
+    if row.watermark_us is None or req.as_of_us > row.watermark_us:
+        flags.add(FLAG_STALE_INPUT_BASIS)
+        stale_groups.update(g.name for g in plan.groups)
+        red = row.watermark_us is None or req.as_of_us - row.watermark_us > max_basis_lag_us
+    state = "RED" if red else ("AMBER" if flags else "GREEN")
+
+    snapshot: dict[str, Any] = {
+        "pins": dict(req.pins),
+        "as_of_time_utc": req.as_of_text,
+        "created_at_utc": format_micros(created_at_us),
+        "feature_groups": [{"name": g.name, "version": g.version} for g in plan.groups],
+        "feature_def_policy_rev": {
+            "policy_id": row.policy_id,
+            "revision": row.revision,
+            "content_digest": row.content_digest,
+        },
+        "run_config_digest": row.run_config_digest,
+        "eb_offset_basis": basis,
+        "graph_version": None,
+        "features": features,
+        "freshness": {
+            "state": state,
+            "flags": sorted(flags),
+            "stale_groups": sorted(stale_groups),
+            "missing_groups": sorted(g.name for g in plan.groups if g.name not in present_groups),
+            "missing_feature_keys": sorted(missing_keys),
+        },
+    }
+    snapshot["snapshot_hash"] = snapshot_hash(snapshot)
+    return snapshot

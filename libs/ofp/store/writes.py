@@ -1,0 +1,377 @@
+"""The write path: one transaction per batch (SPEC 2.2, 2.5).
+
+`apply_batch` commits, atomically: feature state (events + tiles), semantic
+dedupe, quarantine rows, outcome counters and the exclusive-next checkpoint.
+The checkpoint update runs first and is conditional on the batch's start
+offset, so two appliers of one partition can never both commit the same span.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal, Inexact, localcontext
+from typing import Any
+
+import asyncpg
+
+from ofp.events import (
+    Candidate,
+    Classified,
+    Ignored,
+    Outcome,
+    Quarantined,
+    QuarantineReason,
+)
+from ofp.policy import Policy
+from ofp.windows import tile_start
+
+Pins = tuple[str, str, str, str, str, int]
+
+
+class CheckpointConflictError(Exception):
+    """The partition's checkpoint is not where this batch starts: someone else moved it."""
+
+    retryable = True
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    offset: int
+    raw: bytes
+    classified: Classified
+
+
+@dataclass(slots=True)
+class BatchResult:
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    next_offset: int = 0
+    max_event_us: int | None = None
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(n for (o, _), n in self.outcomes.items() if o == outcome)
+
+
+async def record_policy(
+    conn: asyncpg.Connection, policy: Policy, required_platform_run_id: str | None
+) -> list[int]:
+    """Record `policy` as the active revision; return group ids aligned with policy.groups.
+
+    A (policy_id, revision) already recorded with different content is refused:
+    a revision never changes meaning.
+    """
+    content = policy.normalized()
+    run_config = policy.run_config(required_platform_run_id)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('ofp.active_policy'))")
+        existing = await conn.fetchrow(
+            "SELECT content_digest, run_config_digest FROM policies"
+            " WHERE policy_id = $1 AND revision = $2",
+            policy.policy_id,
+            policy.revision,
+        )
+        digest_now = policy.content_digest
+        run_digest_now = policy.run_config_digest(required_platform_run_id)
+        if existing is None:
+            await conn.execute(
+                "INSERT INTO policies (policy_id, revision, content_digest, content,"
+                " run_config_digest, run_config) VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb)",
+                policy.policy_id,
+                policy.revision,
+                digest_now,
+                json.dumps(content),
+                run_digest_now,
+                json.dumps(run_config),
+            )
+        elif existing["content_digest"] != digest_now:
+            raise ValueError(
+                f"policy {policy.policy_id} revision {policy.revision} is already recorded with"
+                " different content; a changed policy needs a new revision"
+            )
+        elif existing["run_config_digest"] != run_digest_now:
+            raise ValueError(
+                f"policy {policy.policy_id} revision {policy.revision} is recorded with a"
+                " different run filter; one database serves one run configuration per revision"
+            )
+        await conn.execute(
+            "INSERT INTO active_policy (singleton, policy_id, revision) VALUES (true, $1, $2)"
+            " ON CONFLICT (singleton) DO UPDATE SET policy_id = EXCLUDED.policy_id,"
+            " revision = EXCLUDED.revision, activated_at = now()"
+            " WHERE (active_policy.policy_id, active_policy.revision)"
+            " IS DISTINCT FROM (EXCLUDED.policy_id, EXCLUDED.revision)",
+            policy.policy_id,
+            policy.revision,
+        )
+        ids = []
+        for g in policy.groups:
+            await conn.execute(
+                "INSERT INTO feature_groups (name, version, key_type) VALUES ($1, $2, $3)"
+                " ON CONFLICT (name, version) DO NOTHING",
+                g.name,
+                g.version,
+                g.key_type,
+            )
+            row = await conn.fetchrow(
+                "SELECT group_id, key_type FROM feature_groups WHERE name = $1 AND version = $2",
+                g.name,
+                g.version,
+            )
+            assert row is not None
+            if row["key_type"] != g.key_type:
+                raise ValueError(
+                    f"feature group {g.name} {g.version} was recorded with key_type"
+                    f" {row['key_type']!r}; a (name, version) never changes meaning"
+                )
+            ids.append(int(row["group_id"]))
+    return ids
+
+
+async def ensure_partitions(
+    conn: asyncpg.Connection, stream: str, offset_kind: str, partitions: list[int]
+) -> None:
+    """Give every known partition a checkpoint row (offset 0) so it is part of the basis."""
+    await conn.execute(
+        "INSERT INTO checkpoints (stream, partition, offset_kind, next_offset)"
+        " SELECT $1, p, $2, 0 FROM unnest($3::integer[]) AS p"
+        " ON CONFLICT (stream, partition) DO NOTHING",
+        stream,
+        offset_kind,
+        partitions,
+    )
+
+
+async def read_checkpoints(conn: asyncpg.Connection, stream: str) -> dict[int, int]:
+    rows = await conn.fetch(
+        "SELECT partition, next_offset FROM checkpoints WHERE stream = $1", stream
+    )
+    return {int(r["partition"]): int(r["next_offset"]) for r in rows}
+
+
+async def resolve_scopes(
+    conn: asyncpg.Connection, pins: set[Pins], known: dict[Pins, int]
+) -> dict[Pins, int]:
+    """Scope ids for `pins`, creating the scopes that do not exist yet (inside the caller's tx)."""
+    missing = sorted(p for p in pins if p not in known)
+    if not missing:
+        return {}
+    cols = list(zip(*missing, strict=True))
+    args: list[Any] = [list(c) for c in cols[:5]] + [[Decimal(s) for s in cols[5]]]
+    await conn.execute(
+        "INSERT INTO run_scopes (platform_run_id, scenario_run_id, scenario_id,"
+        " manifest_fingerprint, parameter_hash, seed)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+        " $6::numeric[]) ON CONFLICT DO NOTHING",
+        *args,
+    )
+    rows = await conn.fetch(
+        "SELECT s.scope_id, s.platform_run_id, s.scenario_run_id, s.scenario_id,"
+        " s.manifest_fingerprint, s.parameter_hash, s.seed FROM run_scopes s"
+        " JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[])"
+        " AS u(a, b, c, d, e, f) ON (s.platform_run_id, s.scenario_run_id, s.scenario_id,"
+        " s.manifest_fingerprint, s.parameter_hash, s.seed) = (u.a, u.b, u.c, u.d, u.e, u.f)",
+        *args,
+    )
+    return {
+        (r[1], r[2], r[3], r[4], r[5], int(r[6])): int(r["scope_id"]) for r in rows
+    }
+
+
+async def apply_batch(
+    conn: asyncpg.Connection,
+    *,
+    stream: str,
+    partition: int,
+    start_offset: int,
+    next_offset: int,
+    records: list[Record],
+    group_ids: list[int],
+    scope_cache: dict[Pins, int],
+) -> BatchResult:
+    """Apply `records` (offsets start_offset..next_offset-1) in ONE transaction.
+
+    Every record gets exactly one outcome. `scope_cache` is only extended after
+    the commit succeeded.
+    """
+    result = BatchResult(next_offset=next_offset)
+    new_scopes: dict[Pins, int] = {}
+    async with conn.transaction():
+        moved = await conn.execute(
+            "UPDATE checkpoints SET next_offset = $3, updated_at = now()"
+            " WHERE stream = $1 AND partition = $2 AND next_offset = $4",
+            stream,
+            partition,
+            Decimal(next_offset),
+            Decimal(start_offset),
+        )
+        if moved != "UPDATE 1":
+            raise CheckpointConflictError(
+                f"{stream}/{partition}: checkpoint is not at {start_offset}"
+            )
+
+        candidates = [r for r in records if isinstance(r.classified, Candidate)]
+        pins_needed = {r.classified.pins for r in candidates}  # type: ignore[union-attr]
+        new_scopes = await resolve_scopes(conn, pins_needed, scope_cache)
+        scopes = {**scope_cache, **new_scopes}
+
+        # Settle dedupe: first in offset order within the batch, then against the store.
+        quarantined: list[tuple[Record, Quarantined]] = []
+        first_seen: dict[tuple[int, str], tuple[Record, Candidate]] = {}
+        in_batch_repeats: list[tuple[Record, Candidate]] = []
+        for r in records:
+            c = r.classified
+            if isinstance(c, Quarantined):
+                quarantined.append((r, c))
+            elif isinstance(c, Ignored):
+                result.outcomes[(Outcome.IGNORED, c.reason)] += 1
+            else:
+                assert isinstance(c, Candidate)
+                k = (scopes[c.pins], c.event_id)
+                if k in first_seen:
+                    in_batch_repeats.append((r, c))
+                else:
+                    first_seen[k] = (r, c)
+
+        applied: list[tuple[int, Candidate]] = []
+        valid_ts: list[int] = []
+        if first_seen:
+            keys = sorted(first_seen)
+            inserted = await conn.fetch(
+                "INSERT INTO event_dedupe (scope_id, event_id, payload_hash, ts_us)"
+                " SELECT * FROM unnest($1::integer[], $2::text[], $3::bytea[], $4::bigint[])"
+                " ON CONFLICT DO NOTHING RETURNING scope_id, event_id",
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [first_seen[k][1].payload_hash for k in keys],
+                [first_seen[k][1].ts_us for k in keys],
+            )
+            new_keys = {(int(r[0]), r[1]) for r in inserted}
+            old_keys = [k for k in keys if k not in new_keys]
+            stored: dict[tuple[int, str], bytes] = {}
+            if old_keys:
+                rows = await conn.fetch(
+                    "SELECT d.scope_id, d.event_id, d.payload_hash FROM event_dedupe d"
+                    " JOIN unnest($1::integer[], $2::text[]) AS u(s, e)"
+                    " ON d.scope_id = u.s AND d.event_id = u.e",
+                    [k[0] for k in old_keys],
+                    [k[1] for k in old_keys],
+                )
+                stored = {(int(r[0]), r[1]): bytes(r[2]) for r in rows}
+            for k in keys:
+                rec, cand = first_seen[k]
+                if k in new_keys:
+                    applied.append((k[0], cand))
+                    result.outcomes[(Outcome.APPLIED, "")] += 1
+                    valid_ts.append(cand.ts_us)
+                elif stored.get(k) == cand.payload_hash:
+                    result.outcomes[(Outcome.DUPLICATE, "")] += 1
+                    valid_ts.append(cand.ts_us)
+                else:
+                    quarantined.append((rec, _conflict(cand)))
+            for rec, cand in in_batch_repeats:
+                k = (scopes[cand.pins], cand.event_id)
+                if first_seen[k][1].payload_hash == cand.payload_hash:
+                    result.outcomes[(Outcome.DUPLICATE, "")] += 1
+                    valid_ts.append(cand.ts_us)
+                else:
+                    quarantined.append((rec, _conflict(cand)))
+
+        if applied:
+            await _write_state(conn, applied, group_ids)
+
+        if quarantined:
+            quarantined.sort(key=lambda x: x[0].offset)
+            await conn.executemany(
+                "INSERT INTO quarantine (stream, partition, record_offset, reason, detail,"
+                " event_id, raw) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                " ON CONFLICT (stream, partition, record_offset) DO NOTHING",
+                [
+                    (stream, partition, Decimal(r.offset), q.reason.value, q.detail,
+                     q.event_id, r.raw)
+                    for r, q in quarantined
+                ],
+            )
+            for _, q in quarantined:
+                result.outcomes[(Outcome.QUARANTINED, q.reason)] += 1
+
+        if valid_ts:
+            result.max_event_us = max(valid_ts)
+            await conn.execute(
+                "UPDATE checkpoints SET max_event_us = GREATEST(max_event_us, $3)"
+                " WHERE stream = $1 AND partition = $2",
+                stream,
+                partition,
+                result.max_event_us,
+            )
+        if result.outcomes:
+            items = sorted(result.outcomes.items())
+            await conn.execute(
+                "INSERT INTO outcome_counters (stream, partition, outcome, reason, n)"
+                " SELECT $1, $2, o, r, n FROM unnest($3::text[], $4::text[], $5::bigint[])"
+                " AS u(o, r, n) ON CONFLICT (stream, partition, outcome, reason)"
+                " DO UPDATE SET n = outcome_counters.n + EXCLUDED.n",
+                stream,
+                partition,
+                [str(k[0]) for k, _ in items],
+                [str(k[1]) for k, _ in items],
+                [n for _, n in items],
+            )
+    scope_cache.update(new_scopes)
+    return result
+
+
+def _conflict(c: Candidate) -> Quarantined:
+    return Quarantined(
+        QuarantineReason.PAYLOAD_CONFLICT,
+        "event_id already applied in this scope with a different payload hash",
+        c.event_id,
+    )
+
+
+async def _write_state(
+    conn: asyncpg.Connection, applied: list[tuple[int, Candidate]], group_ids: list[int]
+) -> None:
+    events: list[tuple[int, int, str, int, Decimal]] = []
+    tiles: dict[tuple[int, int, str, int], list[Any]] = defaultdict(lambda: [0, Decimal(0)])
+    with localcontext() as ctx:
+        # Exact sums: amounts are bounded in digits, so this never rounds; trap if it would.
+        ctx.prec = 1000
+        ctx.traps[Inexact] = True
+        for scope_id, cand in applied:
+            _add_contributions(scope_id, cand, group_ids, events, tiles)
+    await conn.copy_records_to_table(
+        "feature_events",
+        records=events,
+        columns=["scope_id", "group_id", "key_id", "ts_us", "amount"],
+    )
+    # Sorted so concurrent batches of different partitions lock tiles in one order.
+    keys = sorted(tiles)
+    await conn.execute(
+        "INSERT INTO feature_tiles (scope_id, group_id, key_id, tile_start_us, event_count,"
+        " amount_sum) SELECT * FROM unnest($1::integer[], $2::smallint[], $3::text[],"
+        " $4::bigint[], $5::bigint[], $6::numeric[])"
+        " ON CONFLICT (scope_id, group_id, key_id, tile_start_us) DO UPDATE SET"
+        " event_count = feature_tiles.event_count + EXCLUDED.event_count,"
+        " amount_sum = feature_tiles.amount_sum + EXCLUDED.amount_sum",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+        [k[3] for k in keys],
+        [tiles[k][0] for k in keys],
+        [tiles[k][1] for k in keys],
+    )
+
+
+def _add_contributions(
+    scope_id: int,
+    cand: Candidate,
+    group_ids: list[int],
+    events: list[tuple[int, int, str, int, Decimal]],
+    tiles: dict[tuple[int, int, str, int], list[Any]],
+) -> None:
+    for contrib in cand.contributions:
+        gid = group_ids[contrib.group_index]
+        events.append((scope_id, gid, contrib.key_id, cand.ts_us, contrib.amount))
+        t = tiles[(scope_id, gid, contrib.key_id, tile_start(cand.ts_us))]
+        t[0] += 1
+        t[1] += contrib.amount

@@ -1,0 +1,223 @@
+"""GetFeatures servicer: proto <-> domain only.
+
+Validation, planning and assembly are pure functions in `ofp`; this module
+turns a proto request into them, runs the one database read, and turns the
+result (or a ContractError) back into proto and gRPC status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import grpc
+from google.protobuf import any_pb2, json_format
+from google.rpc import error_details_pb2, status_pb2
+
+from ofp.api.v1 import feature_service_pb2 as pb
+from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
+from ofp.config import Settings
+from ofp.contracts.errors import ContractError, ErrorCode
+from ofp.contracts.request import ValidRequest, request_to_json, validate_request_json
+from ofp.contracts.timefmt import format_micros
+from ofp.logs import get_logger
+from ofp.policy import Policy, policy_from_normalized
+from ofp.snapshot import assemble_snapshot, plan_read
+from ofp.store.db import is_transient
+from ofp.store.reads import SnapshotRow, active_groups, active_policy_content, read_snapshot
+
+_log = get_logger("ofp.server")
+ERROR_DOMAIN = "ofp.feature_plane"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class PolicyCache:
+    """The active policy as recorded in the database, reloaded when its revision changes."""
+
+    def __init__(self) -> None:
+        self.policy: Policy | None = None
+        self.digest: str | None = None
+        self.group_ids: dict[tuple[str, str], int] = {}
+        self._lock = asyncio.Lock()
+
+    async def load(self, pool: asyncpg.Pool) -> Policy | None:
+        async with self._lock:
+            found = await active_policy_content(pool)
+            if found is None:
+                self.policy = None
+                return None
+            content, _ = found
+            policy = policy_from_normalized(content)
+            self.group_ids = await active_groups(pool)
+            self.policy = policy
+            self.digest = policy.content_digest
+            return policy
+
+
+class FeatureService(pb_grpc.FeatureServiceServicer):
+    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.policies = PolicyCache()
+
+    async def GetFeatures(  # noqa: N802 - gRPC method name
+        self, request: pb.GetFeaturesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetFeaturesResponse:
+        t0 = time.perf_counter()
+        request_id: str | None = request.request_id if request.HasField("request_id") else None
+        metadata_id = _metadata_request_id(context)
+        code = "OK"
+        try:
+            response = await asyncio.wait_for(
+                self._get_features(request), timeout=self.settings.deadline_ms / 1000
+            )
+            return response
+        except ContractError as exc:
+            code = exc.code.value
+            await _abort(context, exc, request_id)
+        except TimeoutError:
+            code = ErrorCode.UNAVAILABLE.value
+            await _abort(
+                context,
+                ContractError(ErrorCode.UNAVAILABLE, "the server-side deadline expired"),
+                request_id,
+            )
+        except Exception as exc:
+            if is_transient(exc):
+                code = ErrorCode.UNAVAILABLE.value
+                await _abort(
+                    context,
+                    ContractError(ErrorCode.UNAVAILABLE, "the feature store is unreachable"),
+                    request_id,
+                )
+            code = "INTERNAL"
+            _log.exception("rpc_failed", request_id=request_id)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            _log.info(
+                "rpc_finished",
+                method="GetFeatures",
+                code=code,
+                request_id=request_id or metadata_id,
+                duration_ms=round((time.perf_counter() - t0) * 1000, 3),
+            )
+        raise AssertionError("unreachable")
+
+    async def _get_features(self, request: pb.GetFeaturesRequest) -> pb.GetFeaturesResponse:
+        req = validate_request_json(
+            request_to_json(request),
+            max_keys=self.settings.max_keys,
+            max_groups=self.settings.max_groups,
+        )
+        if req.graph_resolution_mode == "require_ieg":
+            raise ContractError(
+                ErrorCode.UNAVAILABLE,
+                "graph_resolution_mode require_ieg: no identity graph source is configured",
+                retryable=False,
+            )
+        snapshot = await self._snapshot(req)
+        doc: dict[str, Any] = {
+            "status": "OK",
+            "snapshot": snapshot,
+            "served_at_utc": format_micros(now_us()),
+        }
+        if req.request_id is not None:
+            doc["request_id"] = req.request_id
+        return to_response_proto(doc)
+
+    async def _snapshot(self, req: ValidRequest) -> dict[str, Any]:
+        policy = self.policies.policy or await self.policies.load(self.pool)
+        for _ in range(2):
+            if policy is None:
+                raise ContractError(ErrorCode.UNAVAILABLE, "no active feature policy yet")
+            plan = plan_read(req, policy, self.policies.group_ids)
+            row: SnapshotRow | None = await read_snapshot(
+                self.pool,
+                stream=policy.source_topic,
+                pins=_pins_tuple(req.pins),
+                values=plan.values,
+                lasts=plan.lasts,
+            )
+            if row is None:
+                raise ContractError(ErrorCode.UNAVAILABLE, "no active feature policy yet")
+            if row.content_digest == self.policies.digest:
+                return assemble_snapshot(
+                    req,
+                    plan,
+                    row,
+                    stream=policy.source_topic,
+                    max_basis_lag_us=self.settings.max_basis_lag_s * 1_000_000,
+                    created_at_us=now_us(),
+                )
+            # The active revision changed under us: plan again with the new one.
+            policy = await self.policies.load(self.pool)
+        raise ContractError(
+            ErrorCode.MISSING_PROVENANCE, "the active policy changed during the read; retry"
+        )
+
+
+def _pins_tuple(pins: dict[str, Any]) -> tuple[str, str, str, str, str, int]:
+    return (
+        pins["platform_run_id"],
+        pins["scenario_run_id"],
+        pins["scenario_id"],
+        pins["manifest_fingerprint"],
+        pins["parameter_hash"],
+        int(pins["seed"]),
+    )
+
+
+def to_response_proto(doc: dict[str, Any]) -> pb.GetFeaturesResponse:
+    snapshot = dict(doc["snapshot"])
+    if snapshot.get("graph_version") is None:
+        snapshot.pop("graph_version", None)
+    return json_format.ParseDict({**doc, "snapshot": snapshot}, pb.GetFeaturesResponse())
+
+
+def error_status(exc: ContractError, request_id: str | None) -> status_pb2.Status:
+    err = pb.ErrorResponse(
+        status="ERROR",
+        code=exc.code.value,
+        retryable=exc.retryable,
+        detail=exc.detail,
+        served_at_utc=format_micros(now_us()),
+    )
+    if request_id is not None:
+        err.request_id = request_id
+    detail_any = any_pb2.Any()
+    detail_any.Pack(err)
+    info_any = any_pb2.Any()
+    info_any.Pack(
+        error_details_pb2.ErrorInfo(
+            reason=exc.code.value,
+            domain=ERROR_DOMAIN,
+            metadata={"retryable": str(exc.retryable).lower()},
+        )
+    )
+    return status_pb2.Status(
+        code=exc.grpc_code.value[0], message=exc.detail, details=[detail_any, info_any]
+    )
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: ContractError, request_id: str | None
+) -> None:
+    status = error_status(exc, request_id)
+    await context.abort(
+        exc.grpc_code,
+        exc.detail,
+        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+    )
+
+
+def _metadata_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key in ("x-request-id", "request-id") and isinstance(value, str):
+            return value[:128]
+    return uuid.uuid4().hex

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 
@@ -34,6 +36,12 @@ from . import file_bus
 
 _log = get_logger("ofp.projector")
 MAX_BACKOFF_S = 5.0
+T = TypeVar("T")
+
+
+def backoff_s(attempt: int) -> float:
+    """Exponential backoff with jitter, capped."""
+    return float(min(MAX_BACKOFF_S, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
 
 
 @dataclass
@@ -57,11 +65,11 @@ class Projector:
         self._tasks: dict[int, asyncio.Task[None]] = {}
 
     async def prepare(self) -> None:
-        async with self.pool.acquire() as conn:
-            await migrate(conn)
-            self._group_ids = await record_policy(
-                conn, self.policy, self.settings.required_platform_run_id
-            )
+        await self._retrying("migrate", migrate)
+        self._group_ids = await self._retrying(
+            "record_policy",
+            lambda conn: record_policy(conn, self.policy, self.settings.required_platform_run_id),
+        )
         _log.info(
             "projector_prepared",
             stream=self.stream,
@@ -81,8 +89,10 @@ class Projector:
             partitions = file_bus.list_partitions(root, self.stream)
             new = [p for p in partitions if p not in self._tasks]
             if new:
-                async with self.pool.acquire() as conn:
-                    await ensure_partitions(conn, self.stream, file_bus.OFFSET_KIND, new)
+                await self._retrying(
+                    "ensure_partitions",
+                    lambda conn: ensure_partitions(conn, self.stream, file_bus.OFFSET_KIND, new),
+                )
                 for p in new:
                     self._tasks[p] = asyncio.create_task(
                         self._run_partition(p, once=once), name=f"partition-{p}"
@@ -125,68 +135,71 @@ class Projector:
     async def _reader_at_checkpoint(
         self, path: file_bus.Path, partition: int
     ) -> file_bus.PartitionReader:
-        async with self.pool.acquire() as conn:
-            checkpoints = await read_checkpoints(conn, self.stream)
+        checkpoints = await self._retrying(
+            "read_checkpoints", lambda conn: read_checkpoints(conn, self.stream)
+        )
         return file_bus.PartitionReader(path, checkpoints.get(partition, 0))
 
-    async def _apply_with_retry(
-        self, partition: int, start: int, next_offset: int, records: list[Record]
-    ) -> bool:
-        """True when applied; False when the checkpoint moved elsewhere (re-read)."""
+    async def _retrying(
+        self, what: str, work: Callable[[asyncpg.Connection], Awaitable[T]]
+    ) -> T:
+        """Run `work` on a pooled connection, retrying transient failures with backoff."""
         attempt = 0
         while True:
-            t0 = time.perf_counter()
             try:
                 async with self.pool.acquire() as conn:
-                    result = await apply_batch(
-                        conn,
-                        stream=self.stream,
-                        partition=partition,
-                        start_offset=start,
-                        next_offset=next_offset,
-                        records=records,
-                        group_ids=self._group_ids,
-                        scope_cache=self._scopes,
-                    )
-            except CheckpointConflictError as exc:
-                _log.warning("batch_conflicted", partition=partition, detail=str(exc))
-                return False
+                    return await work(conn)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 attempt += 1
                 self.totals.retries += 1
-                delay = min(MAX_BACKOFF_S, 0.05 * 2**attempt) * (0.5 + random.random() / 2)
-                _log.warning(
-                    "batch_retrying",
+                delay = backoff_s(attempt)
+                _log.warning("store_retrying", operation=what, attempt=attempt,
+                             error=type(exc).__name__, delay_ms=round(delay * 1000))
+                await asyncio.sleep(delay)
+
+    async def _apply_with_retry(
+        self, partition: int, start: int, next_offset: int, records: list[Record]
+    ) -> bool:
+        """True when applied; False when the checkpoint moved elsewhere (re-read)."""
+        t0 = time.perf_counter()
+        try:
+            result = await self._retrying(
+                "apply_batch",
+                lambda conn: apply_batch(
+                    conn,
                     stream=self.stream,
                     partition=partition,
                     start_offset=start,
-                    attempt=attempt,
-                    error=type(exc).__name__,
-                    delay_ms=round(delay * 1000),
-                )
-                await asyncio.sleep(delay)
-                continue
-            self.totals.batches += 1
-            self.totals.records += len(records)
-            counts: dict[str, int] = {}
-            for (outcome, _reason), n in result.outcomes.items():
-                counts[str(outcome)] = counts.get(str(outcome), 0) + n
-                self.totals.by_outcome[str(outcome)] = (
-                    self.totals.by_outcome.get(str(outcome), 0) + n
-                )
-            _log.info(
-                "batch_applied",
-                stream=self.stream,
-                partition=partition,
-                start_offset=start,
-                next_offset=next_offset,
-                records=len(records),
-                applied=counts.get(Outcome.APPLIED, 0),
-                duplicate=counts.get(Outcome.DUPLICATE, 0),
-                ignored=counts.get(Outcome.IGNORED, 0),
-                quarantined=counts.get(Outcome.QUARANTINED, 0),
-                duration_ms=round((time.perf_counter() - t0) * 1000, 2),
+                    next_offset=next_offset,
+                    records=records,
+                    group_ids=self._group_ids,
+                    scope_cache=self._scopes,
+                ),
             )
-            return True
+        except CheckpointConflictError as exc:
+            _log.warning("batch_conflicted", partition=partition, detail=str(exc))
+            return False
+        self.totals.batches += 1
+        self.totals.records += len(records)
+        counts: dict[str, int] = {}
+        for (outcome, _reason), n in result.outcomes.items():
+            counts[str(outcome)] = counts.get(str(outcome), 0) + n
+            self.totals.by_outcome[str(outcome)] = (
+                self.totals.by_outcome.get(str(outcome), 0) + n
+            )
+        _log.info(
+            "batch_applied",
+            stream=self.stream,
+            partition=partition,
+            start_offset=start,
+            next_offset=next_offset,
+            records=len(records),
+            applied=counts.get(Outcome.APPLIED, 0),
+            duplicate=counts.get(Outcome.DUPLICATE, 0),
+            ignored=counts.get(Outcome.IGNORED, 0),
+            quarantined=counts.get(Outcome.QUARANTINED, 0),
+            duration_ms=round((time.perf_counter() - t0) * 1000, 2),
+        )
+        return True

@@ -1,0 +1,127 @@
+"""`ofp`: the developer / operator CLI (SPEC 5).
+
+    ofp migrate                     apply schema migrations
+    ofp dev                         embedded database + sample stream + projector + server
+    ofp status [--json]             checkpoints, watermarks, outcome counters, active policy
+    ofp get-features ...            ask the feature server; prints the JSON answer
+    ofp verify [--replay] FILE|-    recompute a saved answer's snapshot_hash (or replay it)
+    ofp replay [--target-dsn DSN]   rebuild the state from the bus into a fresh database
+
+Exit codes: 0 success / match; 1 a negative answer (mismatch, RPC error);
+2 the command could not run (one line on stderr); 3 `verify --replay` uncheckable.
+Logs of the embedded workloads go to stderr as JSON, so stdout holds only answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import uvloop
+from ofp.config import Settings, load_settings
+from ofp.logs import configure
+
+from . import dev, get_features, migrate, replay, status, verify
+from .errors import EXIT_ERROR, describe
+
+Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE",
+                        help="YAML settings file (environment variables override it)")
+    common.add_argument("--log-level", default="WARNING",
+                        help="level of the JSON logs on stderr (default WARNING)")
+    parser = argparse.ArgumentParser(
+        prog="ofp", description="Online Feature Plane: developer and operator commands.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("migrate", parents=[common], help="apply schema migrations")
+    p.set_defaults(run=migrate.run)
+
+    p = sub.add_parser("dev", parents=[common],
+                       help="embedded database + sample stream + projector + server")
+    p.add_argument("--events", type=_positive, default=500,
+                   help="sample events to write when the topic is empty (default 500)")
+    p.add_argument("--partitions", type=_positive, default=2,
+                   help="partitions of the sample stream (default 2)")
+    p.add_argument("--no-follow", action="store_true",
+                   help="exit after printing the sample answer (for tests and CI)")
+    p.set_defaults(run=dev.run)
+
+    p = sub.add_parser("status", parents=[common], help="projection status from the database")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=status.run)
+
+    p = sub.add_parser("get-features", parents=[common], help="call GetFeatures")
+    p.add_argument("--pins-json", required=True, metavar="JSON|@FILE",
+                   help="the six ContextPins as JSON, or @file, or @- for stdin")
+    p.add_argument("--as-of", required=True, metavar="TS",
+                   help="as-of time, RFC 3339 micros UTC (e.g. 2026-02-06T12:00:00.000000Z)")
+    p.add_argument("--key", action="append", required=True, metavar="TYPE:ID",
+                   help="feature key, e.g. flow_id:42 (repeatable)")
+    p.add_argument("--group", action="append", required=True, metavar="NAME:VERSION",
+                   help="feature group, e.g. core_features:v1 (repeatable)")
+    p.add_argument("--address", metavar="HOST:PORT",
+                   help="server address (default: settings grpc_address)")
+    p.add_argument("--request-id", metavar="ID")
+    p.add_argument("--graph-resolution-mode", choices=("none", "resolve_if_needed",
+                                                       "require_ieg"))
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                   help="deadline in seconds (default 5)")
+    p.set_defaults(run=get_features.run)
+
+    p = sub.add_parser("verify", parents=[common],
+                       help="recompute the snapshot_hash of a saved GetFeatures answer")
+    p.add_argument("file", metavar="FILE|-", help="the saved JSON response, - for stdin")
+    p.add_argument("--replay", action="store_true",
+                   help="also rebuild the state up to the basis offsets and ask again")
+    p.set_defaults(run=verify.run)
+
+    p = sub.add_parser("replay", parents=[common],
+                       help="rebuild the state from the bus into a fresh database")
+    p.add_argument("--target-dsn", metavar="DSN",
+                   help="an empty database (default: create ofp_replay_<timestamp>)")
+    p.set_defaults(run=replay.run)
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _configure_logging(level: str) -> None:
+    configure(level.upper())
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings: Settings | None = None
+    secrets: tuple[str | None, ...] = (getattr(args, "target_dsn", None),)
+    try:
+        _configure_logging(args.log_level)
+        settings = load_settings(args.config)
+        secrets += (settings.database_url,)
+        command: Command = args.run
+        return uvloop.run(command(args, settings))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line, never a traceback (and never a DSN)
+        print(f"ofp {args.command}: {describe(exc, secrets=secrets)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

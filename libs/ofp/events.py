@@ -154,7 +154,7 @@ def parse_amount(value: Any) -> Decimal:
         raise ValueError("amount is not finite")
     if d.is_zero():
         return Decimal(0)
-    sign, digits, exp = d.as_tuple()
+    _, digits, exp = d.as_tuple()
     assert isinstance(exp, int)
     int_digits = len(digits) + exp
     frac_digits = -exp

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from google.rpc import status_pb2
+
 from ofp.api.v1 import feature_service_pb2 as pb
 from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
 

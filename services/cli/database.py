@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
 from ofp.config import Settings, mask_dsn
 from ofp.store.db import embedded_dsn
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+
 from ofp.config import Settings
 from ofp.contracts.timefmt import format_micros, parse_micros
 from ofp.policy import FeatureGroup, Policy, load_policy

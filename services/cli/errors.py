@@ -10,6 +10,7 @@ with its password.
 from __future__ import annotations
 
 import asyncpg
+
 from ofp.config import ConfigError, mask_dsn
 from ofp.policy import PolicyError
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import uvloop
+
 from ofp.config import Settings, load_settings
 from ofp.logs import configure
 

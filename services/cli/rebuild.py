@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
+
 from ofp.config import Settings
 from ofp.policy import Policy
 from ofp.store.db import create_pool

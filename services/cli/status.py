@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import asyncpg
+
 from ofp.config import Settings
 from ofp.contracts.timefmt import format_micros
 from ofp.policy import PolicyError, load_policy

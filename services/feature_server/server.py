@@ -93,8 +93,8 @@ def create_server(settings: Settings, pool: asyncpg.Pool,
     ]
     server = grpc.aio.server(options=options)
     service = FeatureService(settings, pool)
-    pb_grpc.add_FeatureServiceServicer_to_server(service, server)
-    health_servicer = health.aio.HealthServicer()
+    pb_grpc.add_FeatureServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -66,7 +66,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         self.pool = pool
         self.policies = PolicyCache()
 
-    async def GetFeatures(  # noqa: N802 - gRPC method name
+    async def GetFeatures(
         self, request: pb.GetFeaturesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetFeaturesResponse:
         t0 = time.perf_counter()
@@ -177,7 +177,9 @@ def to_response_proto(doc: dict[str, Any]) -> pb.GetFeaturesResponse:
     snapshot = dict(doc["snapshot"])
     if snapshot.get("graph_version") is None:
         snapshot.pop("graph_version", None)
-    return json_format.ParseDict({**doc, "snapshot": snapshot}, pb.GetFeaturesResponse())
+    response = pb.GetFeaturesResponse()
+    json_format.ParseDict({**doc, "snapshot": snapshot}, response)
+    return response
 
 
 def error_status(exc: ContractError, request_id: str | None) -> status_pb2.Status:

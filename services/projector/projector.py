@@ -9,11 +9,14 @@ nothing is skipped and the checkpoint never moves without the state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from functools import partial
+from pathlib import Path
+from typing import TypeVar, cast
 
 import asyncpg
 
@@ -28,6 +31,7 @@ from ofp.store.writes import (
     Record,
     apply_batch,
     ensure_partitions,
+    prune_retention,
     read_checkpoints,
     record_policy,
 )
@@ -36,6 +40,7 @@ from . import file_bus
 
 _log = get_logger("ofp.projector")
 MAX_BACKOFF_S = 5.0
+RETENTION_INTERVAL_S = 300.0
 T = TypeVar("T")
 
 
@@ -85,13 +90,15 @@ class Projector:
         if not self._group_ids:
             await self.prepare()
         root = self.settings.file_bus_root
+        next_prune = time.monotonic() + RETENTION_INTERVAL_S
         while not self._stopping.is_set():
             partitions = file_bus.list_partitions(root, self.stream)
             new = [p for p in partitions if p not in self._tasks]
             if new:
                 await self._retrying(
                     "ensure_partitions",
-                    lambda conn: ensure_partitions(conn, self.stream, file_bus.OFFSET_KIND, new),
+                    partial(ensure_partitions, stream=self.stream,
+                            offset_kind=file_bus.OFFSET_KIND, partitions=new),
                 )
                 for p in new:
                     self._tasks[p] = asyncio.create_task(
@@ -100,14 +107,29 @@ class Projector:
             if once:
                 if self._tasks:
                     await asyncio.gather(*self._tasks.values())
+                await self.prune()
                 break
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
+            if time.monotonic() >= next_prune:
+                await self.prune()
+                next_prune = time.monotonic() + RETENTION_INTERVAL_S
+            await self._sleep_unless_stopped(1.0)
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         return self.totals
+
+    async def prune(self) -> None:
+        """Drop state older than the retention horizon behind the watermark (SPEC 6)."""
+        horizon_us = self.settings.retention_days * 86_400 * 1_000_000
+        floor = await self._retrying(
+            "prune_retention",
+            partial(prune_retention, stream=self.stream, horizon_us=horizon_us),
+        )
+        if floor is not None:
+            _log.info("retention_pruned", stream=self.stream, retained_from_us=floor)
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
     async def _run_partition(self, partition: int, *, once: bool) -> None:
         path = file_bus.partition_path(self.settings.file_bus_root, self.stream, partition)
@@ -118,10 +140,7 @@ class Projector:
             if not lines:
                 if once:
                     return
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), timeout=idle_s)
-                except TimeoutError:
-                    pass
+                await self._sleep_unless_stopped(idle_s)
                 continue
             start = lines[0][0]
             records = [
@@ -133,7 +152,7 @@ class Projector:
                 reader = await self._reader_at_checkpoint(path, partition)
 
     async def _reader_at_checkpoint(
-        self, path: file_bus.Path, partition: int
+        self, path: Path, partition: int
     ) -> file_bus.PartitionReader:
         checkpoints = await self._retrying(
             "read_checkpoints", lambda conn: read_checkpoints(conn, self.stream)
@@ -148,7 +167,7 @@ class Projector:
         while True:
             try:
                 async with self.pool.acquire() as conn:
-                    return await work(conn)
+                    return await work(cast(asyncpg.Connection, conn))
             except Exception as exc:
                 if not is_transient(exc):
                     raise

@@ -12,8 +12,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from ofp.contracts.timefmt import format_micros
 
+from ofp.contracts.timefmt import format_micros
 from tests.support.harness import POLICY_PATH, project_once, running_server
 from tests.support.streams import TOPIC, envelope, generate, pins
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from ofp.store.db import create_pool
 
+from ofp.store.db import create_pool
 from tests.support.db import with_database
 from tests.support.harness import POLICY_PATH, project_once
 from tests.support.streams import TOPIC, generate

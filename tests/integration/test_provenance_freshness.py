@@ -136,7 +136,8 @@ async def test_watermark_is_the_minimum_over_partitions_and_counts_duplicates(
     # Partition 1 holds only a re-delivery of the late event: DUPLICATE still counts.
     write_lines(bus_root, 1, [dup])
     # Partition 2 holds only an ignored event: it does not hold the watermark back.
-    write_lines(bus_root, 2, [envelope("7" * 32, BASE_US, "A", {"flow_id": 3}, "decision_response")])
+    ignored = envelope("7" * 32, BASE_US, "A", {"flow_id": 3}, "decision_response")
+    write_lines(bus_root, 2, [ignored])
     totals = await project_once(pool, bus_root)
     assert totals.by_outcome == {"APPLIED": 2, "DUPLICATE": 1, "IGNORED": 1}
     async with running_server(pool, bus_root) as (_, stub):

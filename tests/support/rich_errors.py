@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+
 from ofp.api.v1 import feature_service_pb2 as pb
 
 DETAILS_KEY = "grpc-status-details-bin"

@@ -1,7 +1,8 @@
 """Contract error codes (SPEC 4.5) and the one exception type that carries them.
 
-    ContractError            every refusal the API can give, keyed by `code`
-      .code: ErrorCode       MISSING_PINS | INVALID_REQUEST | NOT_FOUND | UNAVAILABLE | MISSING_PROVENANCE
+    ContractError        every refusal the API can give, keyed by `code`
+      .code: ErrorCode   MISSING_PINS | INVALID_REQUEST | NOT_FOUND | UNAVAILABLE
+                         | MISSING_PROVENANCE
       .retryable: bool       whether the caller may retry the same request unchanged
       .detail: str           human readable; never SQL, stack traces or secrets
 

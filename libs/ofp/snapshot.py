@@ -78,10 +78,11 @@ def plan_read(req: ValidRequest, policy: Policy, group_ids: dict[tuple[str, str]
 
 def check_row(req: ValidRequest, plan: ReadPlan, row: SnapshotRow) -> None:
     """Refusals that depend on what the store holds (SPEC 4.5)."""
-    if row.scope_id is None:
-        raise ContractError(ErrorCode.NOT_FOUND, "no state was ever recorded for these pins")
+    # Before anything is consumed every scope is unknown: that is "not yet", not "never".
     if not row.offsets:
         raise ContractError(ErrorCode.UNAVAILABLE, "no input basis yet: nothing consumed")
+    if row.scope_id is None:
+        raise ContractError(ErrorCode.NOT_FOUND, "no state was ever recorded for these pins")
     if len(row.offset_kinds) != 1:
         raise ContractError(
             ErrorCode.MISSING_PROVENANCE, "the basis mixes offset kinds; cannot state it"

@@ -16,11 +16,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ofp.api.v1 import feature_service_pb2 as pb
-from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
 from ofp.config import Settings
 from ofp.logs import get_logger
 
-from .servicer import FeatureService
+from .servicer import FeatureService, decode_request
 
 _log = get_logger("ofp.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FeatureService"].full_name
@@ -93,7 +92,20 @@ def create_server(settings: Settings, pool: asyncpg.Pool,
     ]
     server = grpc.aio.server(options=options)
     service = FeatureService(settings, pool)
-    pb_grpc.add_FeatureServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    # Registered by hand rather than with the generated helper so that bytes
+    # which are not a GetFeaturesRequest reach the servicer and get a contract
+    # error (INVALID_REQUEST), not grpcio's UNKNOWN naming a Python class.
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "GetFeatures": grpc.unary_unary_rpc_method_handler(
+                service.GetFeatures,
+                request_deserializer=decode_request,
+                response_serializer=pb.GetFeaturesResponse.SerializeToString,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -15,13 +15,19 @@ from typing import Any
 import asyncpg
 import grpc
 from google.protobuf import any_pb2, json_format
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from ofp.api.v1 import feature_service_pb2 as pb
 from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
 from ofp.config import Settings
 from ofp.contracts.errors import ContractError, ErrorCode
-from ofp.contracts.request import ValidRequest, request_to_json, validate_request_json
+from ofp.contracts.request import (
+    ValidRequest,
+    request_to_json,
+    unstorable_text,
+    validate_request_json,
+)
 from ofp.contracts.timefmt import format_micros
 from ofp.logs import get_logger
 from ofp.policy import Policy, policy_from_normalized
@@ -70,7 +76,13 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         self, request: pb.GetFeaturesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetFeaturesResponse:
         t0 = time.perf_counter()
-        request_id: str | None = request.request_id if request.HasField("request_id") else None
+        if isinstance(request, UndecodableRequest):
+            await _abort(
+                context,
+                ContractError(ErrorCode.INVALID_REQUEST, "request is not a GetFeaturesRequest"),
+                None,
+            )
+        request_id = _echoable_request_id(request)
         metadata_id = _metadata_request_id(context)
         code = "OK"
         try:
@@ -160,6 +172,27 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         raise ContractError(
             ErrorCode.MISSING_PROVENANCE, "the active policy changed during the read; retry"
         )
+
+
+class UndecodableRequest:
+    """Bytes that do not parse as a GetFeaturesRequest: refused as INVALID_REQUEST."""
+
+
+def decode_request(data: bytes) -> pb.GetFeaturesRequest | UndecodableRequest:
+    msg = pb.GetFeaturesRequest()
+    try:
+        msg.ParseFromString(data)
+    except DecodeError:
+        return UndecodableRequest()
+    return msg
+
+
+def _echoable_request_id(request: pb.GetFeaturesRequest) -> str | None:
+    """The request id to echo: only one the contract allows (1..128 characters)."""
+    if not request.HasField("request_id"):
+        return None
+    rid = request.request_id
+    return rid if 0 < len(rid) <= 128 and unstorable_text(rid) is None else None
 
 
 def _pins_tuple(pins: dict[str, Any]) -> tuple[str, str, str, str, str, int]:

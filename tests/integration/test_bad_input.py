@@ -43,6 +43,11 @@ CASES: list[tuple[str, bytes]] = [
     ("unparseable", _line(json.dumps(OK).replace('"1"}', "NaN}"))),
     ("key_invalid", _line({**OK, "payload": {"flow_id": 1.5}})),
     ("key_invalid", _line({**OK, "payload": {"flow_id": ""}})),
+    ("key_invalid", _line({**OK, "payload": {"flow_id": "\ud800"}})),
+    ("key_invalid", _line({**OK, "payload": {"flow_id": "a\u0000b"}})),
+    ("envelope_invalid", _line({**OK, "event_id": "a\u0000b"})),
+    ("envelope_invalid", _line({**OK, "scenario_id": "\udfff"})),
+    ("unparseable", b"\xff\xfe not utf-8"),
 ]
 
 

@@ -19,13 +19,13 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from google.protobuf.message import Message
+
 from ofp.api.v1 import feature_service_pb2 as pb
 from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
 from ofp.contracts.errors import ErrorCode
 from ofp.contracts.schemas import GET_FEATURES_ERROR, GET_FEATURES_REQUEST, first_error, format_path
 from ofp.contracts.schemas_gen import SCHEMAS
 from ofp_server.server import create_server
-
 from tests.support.harness import get_features, project_once, request_proto, running_server
 from tests.support.harness import settings as make_settings
 from tests.support.rich_errors import RichError, assert_clean_text, rich_error
@@ -290,7 +290,8 @@ async def test_unavailable_not_retryable_when_as_of_reaches_before_retained_stat
 ) -> None:
     window_start_us = AS_OF_US - LARGEST_WINDOW_US
     await projected.execute(
-        "INSERT INTO retention (stream, retained_from_us) VALUES ($1, $2)",
+        "INSERT INTO retention (stream, retained_from_us) VALUES ($1, $2)"
+        " ON CONFLICT (stream) DO UPDATE SET retained_from_us = EXCLUDED.retained_from_us",
         TOPIC,
         window_start_us + 1,
     )

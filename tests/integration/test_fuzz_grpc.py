@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ofp.api.v1 import feature_service_pb2 as pb
+from ofp.config import Settings
 from ofp.contracts.errors import GRPC_CODE, ErrorCode
 from ofp.contracts.hashing import normalize_json_snapshot, verify_response
 from ofp.contracts.schemas import GET_FEATURES_ERROR, GET_FEATURES_RESPONSE, first_error
@@ -40,6 +41,7 @@ METHOD = "/ofp.v1.FeatureService/GetFeatures"
 UINT64_MAX = 2**64 - 1
 UNKNOWN_FIELD = b"\xb8\x3e\x01"  # field 999, varint 1
 NEVER = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+MAX_MESSAGE_BYTES = Settings().max_message_bytes
 PIN_FIELDS = (
     "platform_run_id",
     "scenario_run_id",
@@ -195,6 +197,8 @@ async def assert_contract_answer(raw_call: Any, request: bytes) -> str:
         response = await raw_call(request, timeout=30)
     except grpc.aio.AioRpcError as exc:
         assert exc.code() not in NEVER, (exc.code(), exc.details())
+        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and len(request) > MAX_MESSAGE_BYTES:
+            return "TOO_LARGE"  # refused by gRPC before the servicer sees it
         err = rich_error(exc)
         code = ErrorCode(err.error.code)
         assert GRPC_CODE[code] == exc.code()

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from google.protobuf import json_format  # type: ignore[import-untyped,unused-ignore]
+
 from ofp.api.v1 import feature_service_pb2 as pb
 from ofp.contracts.schemas import GET_FEATURES_ERROR, GET_FEATURES_RESPONSE, first_error
 

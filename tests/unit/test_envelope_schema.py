@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from ofp.contracts.schemas import envelope_errors
 
 

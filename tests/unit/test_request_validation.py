@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from ofp.api.v1 import feature_service_pb2
 from ofp.contracts.errors import ContractError, ErrorCode
 from ofp.contracts.request import PIN_NAMES, request_to_json, validate_request_json

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from ofp.contracts.timefmt import format_micros, is_micros, parse_micros
 
 ROUND_TRIPS = [

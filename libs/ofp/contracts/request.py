@@ -111,6 +111,9 @@ def validate_request_json(
     error = first_error(GET_FEATURES_REQUEST, doc)
     if error is not None:
         raise _invalid(error)
+    bad_text = unstorable_text(doc)
+    if bad_text is not None:
+        raise _invalid(f"{bad_text}: contains a NUL character or an unpaired surrogate")
 
     # The schema has passed: every shape below is as declared.
     try:
@@ -142,3 +145,27 @@ def validate_request_json(
         graph_resolution_mode=doc.get("graph_resolution_mode", DEFAULT_GRAPH_RESOLUTION_MODE),
         request_id=doc.get("request_id"),
     )
+
+
+def unstorable_text(value: Any, path: str = "") -> str | None:
+    """Path of the first string that is not storable text (NUL, unpaired surrogate), or None."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return path or "value"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "value"
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = unstorable_text(v, f"{path}.{k}" if path else str(k))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = unstorable_text(v, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+

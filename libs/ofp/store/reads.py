@@ -137,8 +137,12 @@ async def read_snapshot(
         return None
     partitions = row["partitions"] or []
     offsets = row["offsets"] or []
+    # array_agg over no rows is NULL, not an empty array.
     val_slots = row["val_slots"] or []
+    val_counts = row["val_counts"] or []
+    val_sums = row["val_sums"] or []
     last_slots = row["last_slots"] or []
+    last_us = row["last_us"] or []
     return SnapshotRow(
         policy_id=row["policy_id"],
         revision=row["revision"],
@@ -151,9 +155,9 @@ async def read_snapshot(
         watermark_us=row["watermark_us"],
         values={
             int(s): (int(n), Decimal(v))
-            for s, n, v in zip(val_slots, row["val_counts"], row["val_sums"], strict=True)
+            for s, n, v in zip(val_slots, val_counts, val_sums, strict=True)
         },
-        lasts={int(s): x for s, x in zip(last_slots, row["last_us"], strict=True)},
+        lasts={int(s): x for s, x in zip(last_slots, last_us, strict=True)},
     )
 
 

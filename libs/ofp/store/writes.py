@@ -23,6 +23,7 @@ from ofp.events import (
     Outcome,
     Quarantined,
     QuarantineReason,
+    storable,
 )
 from ofp.policy import Policy
 from ofp.windows import TILE_US, tile_start
@@ -286,7 +287,7 @@ async def apply_batch(
                 " event_id, raw) VALUES ($1, $2, $3, $4, $5, $6, $7)"
                 " ON CONFLICT (stream, partition, record_offset) DO NOTHING",
                 [
-                    (stream, partition, Decimal(r.offset), q.reason.value, q.detail,
+                    (stream, partition, Decimal(r.offset), q.reason.value, storable(q.detail),
                      q.event_id, r.raw)
                     for r, q in quarantined
                 ],

@@ -15,9 +15,16 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from hypothesis import settings
 
 from ofp.store.db import create_pool, embedded_dsn, migrate
 from tests.support.db import with_database
+
+# CI explores the same examples every run (a failure is reproducible, never a
+# coin toss); `HYPOTHESIS_PROFILE=explore` searches afresh.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

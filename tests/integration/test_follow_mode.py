@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import grpc
 
 from ofp.contracts.timefmt import format_micros
 from ofp_projector.projector import Projector
@@ -35,7 +36,13 @@ async def test_appended_lines_and_new_partitions_are_applied_while_following(
     async def count_when(expected: int) -> dict[str, object]:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            snap = (await get_features(stub, request))["snapshot"]
+            try:
+                snap = (await get_features(stub, request))["snapshot"]
+            except grpc.aio.AioRpcError as exc:
+                # Until the first line is applied the run scope is unknown.
+                assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+                await asyncio.sleep(0.02)
+                continue
             values = snap["features"].get("flow_id:5", {}).get("core_features", {})
             if values.get("event_count_1h") == expected:
                 return snap

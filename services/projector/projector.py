@@ -167,7 +167,13 @@ class Projector:
         while True:
             try:
                 async with self.pool.acquire() as conn:
-                    return await work(cast(asyncpg.Connection, conn))
+                    try:
+                        return await work(cast(asyncpg.Connection, conn))
+                    except Exception as exc:
+                        if is_transient(exc):
+                            # Never hand a connection that failed mid-work back to the pool.
+                            conn.terminate()
+                        raise
             except Exception as exc:
                 if not is_transient(exc):
                     raise

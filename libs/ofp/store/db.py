@@ -27,12 +27,15 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", None) or ""
         return state[:2] in _TRANSIENT_CLASSES
+    # InternalClientError: a connection left in a broken protocol state by a
+    # failure mid-operation; a fresh connection outlives it.
     return isinstance(
         exc,
         OSError
         | asyncio.TimeoutError
         | asyncpg.InterfaceError
-        | asyncpg.exceptions.ConnectionDoesNotExistError,
+        | asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.InternalClientError,
     )
 
 

@@ -37,6 +37,20 @@ class CheckpointConflictError(Exception):
     retryable = True
 
 
+class LeaseLostError(Exception):
+    """This replica no longer holds the partition's lease token: it must not commit."""
+
+    retryable = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The lease a batch is committed under (SPEC 6: fencing)."""
+
+    owner: str
+    token: int
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     offset: int
@@ -188,27 +202,60 @@ async def apply_batch(
     records: list[Record],
     group_ids: list[int],
     scope_cache: dict[Pins, int],
+    fence: Fence | None = None,
+    closes_partition: bool = False,
 ) -> BatchResult:
-    """Apply `records` (offsets start_offset..next_offset-1) in ONE transaction.
+    """Apply `records` in ONE transaction and move the checkpoint start_offset -> next_offset.
 
-    Every record gets exactly one outcome. `scope_cache` is only extended after
-    the commit succeeded.
+    `start_offset` is the checkpoint the batch continues from (for the file-bus
+    the first record's line; for Kinesis the last applied sequence number + 1)
+    and `next_offset` the exclusive-next offset after the batch. With a
+    `fence`, the batch commits only while `fence.token` is the partition's
+    current lease token; the lease row is locked until commit, so a takeover
+    waits for this batch and then sees its checkpoint. `closes_partition`
+    marks a Kinesis shard whose SHARD_END has been reached. Every record gets
+    exactly one outcome. `scope_cache` is only extended after the commit.
     """
     result = BatchResult(next_offset=next_offset)
     new_scopes: dict[Pins, int] = {}
     async with conn.transaction():
+        if fence is not None:
+            held = await conn.fetchval(
+                "SELECT 1 FROM partition_leases WHERE stream = $1 AND partition = $2"
+                " AND token = $3 AND owner = $4 FOR UPDATE",
+                stream,
+                partition,
+                fence.token,
+                fence.owner,
+            )
+            if held is None:
+                raise LeaseLostError(f"{stream}/{partition}: lease token {fence.token} is gone")
         moved = await conn.execute(
-            "UPDATE checkpoints SET next_offset = $3, updated_at = now()"
+            "UPDATE checkpoints SET next_offset = $3, updated_at = now(),"
+            " last_applied_at = now(), lease_token = $5, closed = closed OR $6"
             " WHERE stream = $1 AND partition = $2 AND next_offset = $4",
             stream,
             partition,
             Decimal(next_offset),
             Decimal(start_offset),
+            None if fence is None else fence.token,
+            closes_partition,
         )
         if moved != "UPDATE 1":
             raise CheckpointConflictError(
                 f"{stream}/{partition}: checkpoint is not at {start_offset}"
             )
+        await conn.execute(
+            "INSERT INTO checkpoint_commits (stream, partition, token, owner, from_offset,"
+            " next_offset, records) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            stream,
+            partition,
+            None if fence is None else fence.token,
+            None if fence is None else fence.owner,
+            Decimal(start_offset),
+            Decimal(next_offset),
+            len(records),
+        )
 
         candidates = [r for r in records if isinstance(r.classified, Candidate)]
         pins_needed = {r.classified.pins for r in candidates}  # type: ignore[union-attr]

@@ -8,13 +8,14 @@ apply transaction from the `Candidate` this returns.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ofp.contracts.canonical import canonical_json, decimal_text, sha256_hex
+from ofp.contracts.canonical import decimal_text
 from ofp.contracts.request import unstorable_text
 from ofp.contracts.schemas import envelope_errors
 from ofp.contracts.timefmt import parse_micros
@@ -120,18 +121,27 @@ def parse_record(raw: bytes) -> dict[str, Any]:
 
 
 def payload_hash(env: dict[str, Any]) -> bytes:
-    body = {k: _jsonable(v) for k, v in env.items() if k not in _HASH_EXCLUDED}
-    return bytes.fromhex(sha256_hex(canonical_json(body)))
+    """SHA-256 of the canonical JSON of the envelope minus the retry-variant fields.
+
+    Same canonical form as `canonical_json` (sorted keys, compact separators,
+    ASCII); fractional numbers (parsed as Decimal, never float) enter as their
+    canonical decimal text. Done in one C-encoder pass: this runs per record.
+    """
+    body = {k: v for k, v in env.items() if k not in _HASH_EXCLUDED}
+    text = _HASH_ENCODER.encode(body)
+    return hashlib.sha256(text.encode("ascii")).digest()
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, Decimal):
-        return decimal_text(v)
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_jsonable(x) for x in v]
-    return v
+def _decimal_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return decimal_text(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+_HASH_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+    default=_decimal_default,
+)
 
 
 def parse_amount(value: Any) -> Decimal:

@@ -199,7 +199,10 @@ def classify(raw: bytes, policy: Policy, required_platform_run_id: str | None) -
 
     head = {k: v for k, v in env.items() if k != "payload"}
     problem = envelope_errors(head)
-    if problem is None:
+    # JSON text can only carry a NUL or a lone surrogate as a \u escape, so a
+    # line without one needs no walk over its strings.
+    escaped = b"\\u" in raw
+    if problem is None and escaped:
         bad_text = unstorable_text(head)
         if bad_text is not None:
             problem = f"{bad_text}: contains a NUL character or an unpaired surrogate"

@@ -55,14 +55,39 @@ def embedded_dsn(data_dir: str | Path) -> str:
     return str(server.get_uri())
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8) -> asyncpg.Pool:
+class StatelessConnection(asyncpg.Connection):
+    """A connection released to the pool without the session-reset round trip.
+
+    OFP never leaves session state behind: no LISTEN, no session-level
+    advisory locks (only transaction-scoped ones), no SET. asyncpg still rolls
+    back any open transaction on release; the reset query it would add
+    (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) is one more
+    round trip per request on the read path, for nothing.
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 8, generic_plans: bool = False
+) -> asyncpg.Pool:
+    """A pool of `StatelessConnection`s.
+
+    `generic_plans` is for the feature server: its statements are index
+    lookups whose best plan does not depend on the parameter values, and
+    re-planning the snapshot statement on every call costs more than running
+    it (measured: about 0.5 ms of planning against 0.15 ms of execution).
+    """
+    settings = {"plan_cache_mode": "force_generic_plan"} if generic_plans else {}
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         command_timeout=30,
-        # No server-side statement cache invalidation surprises after migrations.
         max_inactive_connection_lifetime=300,
+        connection_class=StatelessConnection,
+        server_settings=settings,
     )
     assert pool is not None
     return pool

@@ -65,6 +65,8 @@ ROOT_ORDER = (
     "get_features_request.schema.yaml",
     "get_features_response.schema.yaml",
     "get_features_error.schema.yaml",
+    "get_status_request.schema.yaml",
+    "get_status_response.schema.yaml",
 )
 SCALAR_PROTO_TYPES = {"int32", "int64", "uint32", "uint64", "sint32", "sint64"}
 STRUCT = "google.protobuf.Struct"
@@ -232,6 +234,8 @@ def render_proto(schemas: dict[str, Schema]) -> str:
         "service FeatureService {",
         "  // Features of the requested keys and groups as of the request's as_of_time_utc.",
         "  rpc GetFeatures(GetFeaturesRequest) returns (GetFeaturesResponse);",
+        "  // Projection status and the health ladder (checkpoints, lag, counters, state).",
+        "  rpc GetStatus(GetStatusRequest) returns (GetStatusResponse);",
         "}",
     ]
     for message in builder.messages.values():

@@ -10,7 +10,8 @@ small kustomize renderer plus the checks run on its output:
    non-root with a read-only root filesystem, no privilege escalation and all
    capabilities dropped; images carry an explicit tag or digest (never ``latest``); the
    database DSN only ever comes from a Secret and no Secret is committed; the server has
-   native gRPC liveness/readiness probes and the projector HTTP ones; selectors of
+   native gRPC liveness/readiness probes (on the plaintext health port) and the projector
+   HTTP ones; selectors of
    Services, PDBs and NetworkPolicies select a pod template; an HPA's target exists and
    sets no ``replicas`` of its own; the policy ConfigMap matches config/features_v0.yaml.
 
@@ -66,6 +67,8 @@ POLICY_KEY = "features.yaml"
 SERVER_NAME = "ofp-server"
 PROJECTOR_NAME = "ofp-projector"
 GRPC_PORT = 50051
+# Kubelet's gRPC probes cannot speak TLS: they call the plaintext health-only listener.
+HEALTH_PORT = 50052
 SECRET_ENV = ("OFP_DATABASE_URL",)
 
 Manifest = dict[str, Any]
@@ -556,10 +559,10 @@ def _workload_errors(docs: Sequence[Manifest]) -> Iterator[str]:
         for container in _containers_of(pod_spec(server) or {}):
             for probe in ("livenessProbe", "readinessProbe"):
                 grpc = (container.get(probe) or {}).get("grpc") or {}
-                if grpc.get("port") != GRPC_PORT:
+                if grpc.get("port") != HEALTH_PORT:
                     yield (
                         f"{resource_id(server)}: container {container.get('name')!r}: "
-                        f"{probe} must be a native grpc probe on port {GRPC_PORT}"
+                        f"{probe} must be a native grpc probe on port {HEALTH_PORT}"
                     )
     if projector is not None:
         for container in _containers_of(pod_spec(projector) or {}):

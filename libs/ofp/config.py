@@ -46,6 +46,16 @@ class Settings:
     batch_size: int = 2000
     poll_interval_ms: int = 50
     retention_days: int = 30
+    # projector replicas: partition leases (SPEC 6)
+    projector_id: str | None = None  # default: <hostname>-<pid>-<random>
+    lease_ttl_s: int = 10
+    # Kinesis (SPEC 2.4)
+    kinesis_stream_name: str | None = None  # default: the policy's source_topic
+    kinesis_start_position: str = "TRIM_HORIZON"
+    kinesis_get_records_limit: int = 1000
+    kinesis_poll_interval_ms: int = 250
+    kinesis_connect_timeout_ms: int = 3000
+    kinesis_read_timeout_ms: int = 10000
     # server
     max_keys: int = 100
     max_groups: int = 16
@@ -55,6 +65,17 @@ class Settings:
     db_pool_max: int = 8
     # local runs without OFP_DATABASE_URL
     embedded_data_dir: str = ".ofp/pg"
+    # operations (issue 5): TLS / mTLS of the gRPC server, the plaintext health-only
+    # listener for kubelet probes, and the status health ladder (SPEC 4.6)
+    tls_cert_path: str | None = None
+    tls_key_path: str | None = None
+    tls_client_ca_path: str | None = None  # set: mutual TLS, client certificates required
+    health_port: int | None = None
+    status_checkpoint_amber_s: int = 120
+    status_checkpoint_red_s: int = 300
+    status_watermark_amber_s: int = 120
+    status_watermark_red_s: int = 300
+    status_quarantine_amber: int = 1  # open quarantine rows that make AMBER; 0 disables
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -70,10 +91,53 @@ class Settings:
                 raise ConfigError(f"{name} must be > 0")
         if self.max_keys > 100 or self.max_groups > 16:
             raise ConfigError("max_keys may not exceed 100 nor max_groups 16 (contract bounds)")
+        for name in ("lease_ttl_s", "kinesis_poll_interval_ms", "kinesis_connect_timeout_ms",
+                     "kinesis_read_timeout_ms"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0")
+        if self.lease_ttl_s < 2:
+            raise ConfigError("lease_ttl_s must be >= 2 (leases are renewed every ttl/3)")
+        if self.kinesis_start_position not in ("TRIM_HORIZON", "LATEST"):
+            raise ConfigError(
+                "kinesis_start_position must be TRIM_HORIZON or LATEST, not "
+                f"{self.kinesis_start_position!r}"
+            )
+        if not 1 <= self.kinesis_get_records_limit <= 10000:
+            raise ConfigError("kinesis_get_records_limit must be within 1..10000 (the API limit)")
+        if self.projector_id is not None and not 1 <= len(self.projector_id) <= 200:
+            raise ConfigError("projector_id must be 1..200 characters")
         if self.retention_days < 8:
             # The largest default window is 7 days plus 2 minutes of lateness.
             raise ConfigError("retention_days must cover the largest window plus lateness (>= 8)")
+        _validate_operations(self)
         return self
+
+    def bus_stream(self, topic: str) -> str:
+        """The stream name checkpoints are recorded under (the basis `stream`, SPEC 4.2)."""
+        if self.bus_kind == "kinesis":
+            return self.kinesis_stream_name or topic
+        return topic
+
+
+def _validate_operations(s: Settings) -> None:
+    """TLS files come as a pair (plus an optional client CA); ladder thresholds are ordered."""
+    if (s.tls_cert_path is None) != (s.tls_key_path is None):
+        raise ConfigError("tls_cert_path and tls_key_path must be set together")
+    if s.tls_client_ca_path is not None and s.tls_cert_path is None:
+        raise ConfigError("tls_client_ca_path (mutual TLS) needs tls_cert_path and tls_key_path")
+    for name in ("metrics_port", "health_port"):
+        port = getattr(s, name)
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError(f"{name} must be a TCP port (0..65535)")
+    for kind in ("checkpoint", "watermark"):
+        amber = getattr(s, f"status_{kind}_amber_s")
+        red = getattr(s, f"status_{kind}_red_s")
+        if not 0 < amber <= red:
+            raise ConfigError(
+                f"status_{kind}_amber_s must be > 0 and <= status_{kind}_red_s ({amber}, {red})"
+            )
+    if s.status_quarantine_amber < 0:
+        raise ConfigError("status_quarantine_amber must be >= 0 (0 disables the rule)")
 
 
 _SECRET_FROM_ENV_ONLY = {"database_url"}

@@ -8,6 +8,8 @@ error from the gRPC status (UNAVAILABLE when the server cannot be reached).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,6 +18,8 @@ from google.rpc import status_pb2
 
 from ofp.api.v1 import feature_service_pb2 as pb
 from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
+
+from .errors import CliError
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -27,6 +31,43 @@ class RpcFailedError(Exception):
     def __init__(self, error: dict[str, Any]) -> None:
         self.error = error
         super().__init__(f"{error.get('code')}: {error.get('detail')}")
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    """PEM files for a TLS channel: the CA that signed the server, and for mutual TLS
+    the client's certificate and key."""
+
+    ca_path: str | None = None
+    cert_path: str | None = None
+    key_path: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.ca_path, self.cert_path, self.key_path))
+
+
+def open_channel(address: str, tls: ClientTLS | None = None) -> grpc.aio.Channel:
+    """A plaintext channel, or a TLS one when any TLS file is given."""
+    if tls is None or not tls.enabled:
+        return grpc.aio.insecure_channel(address)
+    if (tls.cert_path is None) != (tls.key_path is None):
+        raise CliError("--tls-cert and --tls-key go together (mutual TLS)")
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read {path} ({exc.strerror})") from None
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(tls.ca_path),
+        private_key=read(tls.key_path),
+        certificate_chain=read(tls.cert_path),
+    )
+    return grpc.aio.secure_channel(address, credentials)
 
 
 def to_json(message: Any) -> dict[str, Any]:
@@ -54,7 +95,7 @@ def _integral_numbers(value: Any) -> Any:
 
 
 async def get_features(
-    address: str, request: dict[str, Any], *, timeout_s: float
+    address: str, request: dict[str, Any], *, timeout_s: float, tls: ClientTLS | None = None
 ) -> dict[str, Any]:
     """Call GetFeatures once; the response as JSON, or RpcFailedError with the contract error."""
     try:
@@ -64,13 +105,54 @@ async def get_features(
             {"status": "ERROR", "code": "INVALID_REQUEST", "retryable": False,
              "detail": f"request does not fit the GetFeatures message: {exc}"}
         ) from None
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(address, tls) as channel:
         stub: Any = pb_grpc.FeatureServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             response = await stub.GetFeatures(message, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise RpcFailedError(contract_error(exc)) from None
     return to_json(response)
+
+
+async def get_status(
+    address: str, *, stream: str | None = None, timeout_s: float, tls: ClientTLS | None = None
+) -> dict[str, Any]:
+    """Call GetStatus once; the status document (64-bit integers read back as numbers)."""
+    request = pb.GetStatusRequest()
+    if stream is not None:
+        request.stream = stream
+    async with open_channel(address, tls) as channel:
+        stub: Any = pb_grpc.FeatureServiceStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            response = await stub.GetStatus(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise RpcFailedError(contract_error(exc)) from None
+    text = json_format.MessageToJson(
+        response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    doc: dict[str, Any] = _int64_as_numbers(json.loads(text), response.DESCRIPTOR)
+    return doc
+
+
+_INT64_TYPES = frozenset({3, 4, 16, 18})  # FieldDescriptor TYPE_INT64/UINT64/SFIXED64/SINT64
+
+
+def _int64_as_numbers(doc: Any, descriptor: Any) -> Any:
+    """proto3 JSON renders 64-bit integers as strings; the contract's JSON has numbers."""
+    if not isinstance(doc, dict):
+        return doc
+    for name, value in list(doc.items()):
+        field = descriptor.fields_by_name.get(name)
+        if field is None:
+            continue
+        if field.message_type is not None:
+            if isinstance(value, list):
+                doc[name] = [_int64_as_numbers(v, field.message_type) for v in value]
+            else:
+                doc[name] = _int64_as_numbers(value, field.message_type)
+        elif field.type in _INT64_TYPES:
+            doc[name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+    return doc
 
 
 def contract_error(exc: grpc.aio.AioRpcError) -> dict[str, Any]:

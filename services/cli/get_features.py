@@ -10,7 +10,7 @@ from typing import Any
 
 from ofp.config import Settings
 
-from .client import RpcFailedError, get_features, parse_group, parse_key
+from .client import ClientTLS, RpcFailedError, get_features, parse_group, parse_key
 from .errors import EXIT_FAILED, EXIT_OK, CliError
 
 
@@ -55,7 +55,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     request = build_request(args)
     address = args.address or settings.grpc_address
     try:
-        doc = await get_features(address, request, timeout_s=args.timeout)
+        doc = await get_features(address, request, timeout_s=args.timeout,
+                                 tls=ClientTLS(args.tls_ca, args.tls_cert, args.tls_key))
     except RpcFailedError as exc:
         print(json.dumps(exc.error, indent=2, sort_keys=True))
         return EXIT_FAILED

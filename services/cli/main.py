@@ -2,13 +2,14 @@
 
     ofp migrate                     apply schema migrations
     ofp dev                         embedded database + sample stream + projector + server
-    ofp status [--json]             checkpoints, watermarks, outcome counters, active policy
+    ofp status [--json] [--address] health ladder, checkpoints, lag, counters, active policy
     ofp get-features ...            ask the feature server; prints the JSON answer
     ofp verify [--replay] FILE|-    recompute a saved answer's snapshot_hash (or replay it)
     ofp replay [--target-dsn DSN]   rebuild the state from the bus into a fresh database
 
-Exit codes: 0 success / match; 1 a negative answer (mismatch, RPC error);
-2 the command could not run (one line on stderr); 3 `verify --replay` uncheckable.
+Exit codes: 0 success / match; 1 a negative answer (mismatch, RPC error, `status
+--fail-on` state reached); 2 the command could not run (one line on stderr);
+3 `verify --replay` uncheckable.
 Logs of the embedded workloads go to stderr as JSON, so stdout holds only answers.
 """
 
@@ -56,11 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit after printing the sample answer (for tests and CI)")
     p.set_defaults(run=dev.run)
 
-    p = sub.add_parser("status", parents=[common], help="projection status from the database")
+    tls = argparse.ArgumentParser(add_help=False)
+    tls.add_argument("--tls-ca", metavar="PEM",
+                     help="CA certificate that signed the server's (enables TLS)")
+    tls.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
+    tls.add_argument("--tls-key", metavar="PEM", help="client private key (mutual TLS)")
+
+    p = sub.add_parser("status", parents=[common, tls],
+                       help="health ladder and projection status (database or GetStatus)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--address", metavar="HOST:PORT",
+                   help="ask this feature server's GetStatus instead of the database")
+    p.add_argument("--stream", metavar="NAME",
+                   help="stream to report (default: the active policy's source topic)")
+    p.add_argument("--fail-on", choices=("amber", "red"),
+                   help="exit 1 when the health state is at least this bad")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                   help="GetStatus deadline in seconds (default 5)")
     p.set_defaults(run=status.run)
 
-    p = sub.add_parser("get-features", parents=[common], help="call GetFeatures")
+    p = sub.add_parser("get-features", parents=[common, tls], help="call GetFeatures")
     p.add_argument("--pins-json", required=True, metavar="JSON|@FILE",
                    help="the six ContextPins as JSON, or @file, or @- for stdin")
     p.add_argument("--as-of", required=True, metavar="TS",

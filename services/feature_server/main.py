@@ -1,4 +1,10 @@
-"""`ofp-server [--config FILE]`: run the feature server until SIGTERM / SIGINT."""
+"""`ofp-server [--config FILE]`: run the feature server until SIGTERM / SIGINT.
+
+With `metrics_port` set it also serves Prometheus /metrics (and /healthz, /readyz,
+where ready means grpc.health says SERVING). The database pool starts empty: a
+database that is down (or a wrong DSN) leaves the server alive and NOT_SERVING,
+logging why without the DSN, until the database answers.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import uvloop
 
 from ofp.config import ConfigError, Settings, load_settings
 from ofp.logs import configure, get_logger
+from ofp.metrics_http import MetricsEndpoint, serve_metrics
 from ofp.store.db import create_pool, embedded_dsn
 
 from .server import create_server
@@ -20,17 +27,28 @@ _log = get_logger("ofp.server")
 
 async def serve(settings: Settings) -> None:
     dsn = settings.database_url or embedded_dsn(settings.embedded_data_dir)
-    pool = await create_pool(dsn, max_size=settings.db_pool_max)
-    srv = create_server(settings, pool)
-    await srv.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    _log.info("shutdown_requested")
-    await srv.stop(grace_s=5.0)
-    await pool.close()
+    pool = await create_pool(dsn, min_size=0, max_size=settings.db_pool_max, generic_plans=True)
+    endpoint: MetricsEndpoint | None = None
+    try:
+        srv = create_server(settings, pool)
+        await srv.start()
+        if settings.metrics_port is not None:
+            endpoint = await serve_metrics(
+                settings.metrics_port, srv.metrics.registry,
+                ready=lambda: srv.serving,
+            )
+            _log.info("metrics_started", port=endpoint.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        _log.info("shutdown_requested")
+        await srv.stop(grace_s=5.0)
+    finally:
+        if endpoint is not None:
+            await endpoint.close()
+        await pool.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     configure()
     try:
         settings = load_settings(args.config)
+        uvloop.run(serve(settings))
     except ConfigError as exc:
         print(f"ofp-server: {exc}", file=sys.stderr)
         return 2
-    uvloop.run(serve(settings))
+    except OSError as exc:  # cannot bind a port; the message names the address only
+        print(f"ofp-server: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,13 +1,20 @@
-"""The grpc.aio feature server: GetFeatures, health, reflection, graceful stop.
+"""The grpc.aio feature server: GetFeatures, GetStatus, health, reflection, graceful stop.
 
-`create_server(settings, pool)` returns `(server, port)` without starting the
-process-level machinery, so tests bind port 0 in-process.
+`create_server(settings, pool, address)` returns a bound, not started, `FeatureServer`
+(`.port`, `.health_port`), so tests bind port 0 in-process.
+
+Transport security: with `tls_cert_path` + `tls_key_path` the port speaks TLS only;
+with `tls_client_ca_path` as well, clients must present a certificate signed by that
+CA (mutual TLS). Kubelet's native gRPC probes cannot speak TLS, so `health_port`
+opens a second, plaintext listener that serves nothing but grpc.health.v1 (it reads
+the same health state); GetFeatures and GetStatus are never reachable on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,10 +23,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ofp.api.v1 import feature_service_pb2 as pb
-from ofp.config import Settings
+from ofp.config import ConfigError, Settings
 from ofp.logs import get_logger
 
-from .servicer import FeatureService, decode_request
+from .metrics import ServerMetrics
+from .servicer import FeatureService, decode_request, decode_status_request
 
 _log = get_logger("ofp.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FeatureService"].full_name
@@ -31,18 +39,30 @@ class FeatureServer:
     """A bound, not yet started, server and its health reporter."""
 
     def __init__(self, server: grpc.aio.Server, port: int, service: FeatureService,
-                 health_servicer: Any) -> None:
+                 health_servicer: Any, *, tls: str = "off",
+                 health_server: grpc.aio.Server | None = None,
+                 health_port: int | None = None) -> None:
         self.server = server
         self.port = port
         self.service = service
         self.health = health_servicer
+        self.tls = tls  # "off", "tls" or "mtls"
+        self.health_server = health_server
+        self.health_port = health_port
         self._health_task: asyncio.Task[None] | None = None
+        self.serving = False  # what grpc.health last said for "" (database + policy)
+
+    @property
+    def metrics(self) -> ServerMetrics:
+        return self.service.metrics
 
     async def start(self) -> None:
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         await self._refresh_health()
         self._health_task = asyncio.create_task(self._health_loop(), name="health")
-        _log.info("server_started", port=self.port)
+        _log.info("server_started", port=self.port, tls=self.tls, health_port=self.health_port)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         if self._health_task is not None:
@@ -51,6 +71,8 @@ class FeatureServer:
                 await self._health_task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         _log.info("server_stopped", port=self.port)
 
     async def wait(self) -> None:
@@ -76,6 +98,8 @@ class FeatureServer:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
+        self.serving = serving
+        self.service.metrics.serving.set(1 if serving else 0)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
         # Liveness says only that the process answers: a database outage must
@@ -83,15 +107,44 @@ class FeatureServer:
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
 
+def _read_pem(setting: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path} ({exc.strerror})") from None
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (or mutual TLS) credentials from the configured PEM files; None for plaintext."""
+    if settings.tls_cert_path is None or settings.tls_key_path is None:
+        return None
+    cert = _read_pem("tls_cert_path", settings.tls_cert_path)
+    key = _read_pem("tls_key_path", settings.tls_key_path)
+    client_ca = (
+        None
+        if settings.tls_client_ca_path is None
+        else _read_pem("tls_client_ca_path", settings.tls_client_ca_path)
+    )
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 def create_server(settings: Settings, pool: asyncpg.Pool,
-                  address: str | None = None) -> FeatureServer:
+                  address: str | None = None, *, metrics: ServerMetrics | None = None,
+                  health_address: str | None = None) -> FeatureServer:
+    """Bind the server (and the plaintext health listener when `health_port` is set).
+
+    `health_address` overrides `<host of address>:<health_port>` (tests pass port 0).
+    """
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", 16 * settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    credentials = server_credentials(settings)
     server = grpc.aio.server(options=options)
-    service = FeatureService(settings, pool)
+    service = FeatureService(settings, pool, metrics)
     # Registered by hand rather than with the generated helper so that bytes
     # which are not a GetFeaturesRequest reach the servicer and get a contract
     # error (INVALID_REQUEST), not grpcio's UNKNOWN naming a Python class.
@@ -102,7 +155,12 @@ def create_server(settings: Settings, pool: asyncpg.Pool,
                 service.GetFeatures,
                 request_deserializer=decode_request,
                 response_serializer=pb.GetFeaturesResponse.SerializeToString,
-            )
+            ),
+            "GetStatus": grpc.unary_unary_rpc_method_handler(
+                service.GetStatus,
+                request_deserializer=decode_status_request,
+                response_serializer=pb.GetStatusResponse.SerializeToString,
+            ),
         },
     )
     server.add_generic_rpc_handlers((handler,))
@@ -111,7 +169,25 @@ def create_server(settings: Settings, pool: asyncpg.Pool,
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address or settings.grpc_address)
+    bind = address or settings.grpc_address
+    if credentials is None:
+        port = server.add_insecure_port(bind)
+        tls = "off"
+    else:
+        port = server.add_secure_port(bind, credentials)
+        tls = "mtls" if settings.tls_client_ca_path else "tls"
     if port == 0:
-        raise OSError(f"cannot bind {address or settings.grpc_address}")
-    return FeatureServer(server, port, service, health_servicer)
+        raise OSError(f"cannot bind {bind}")
+    health_server = None
+    health_port = None
+    if health_address is None and settings.health_port is not None:
+        host = bind.rpartition(":")[0] or "0.0.0.0"
+        health_address = f"{host}:{settings.health_port}"
+    if health_address is not None:
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = health_server.add_insecure_port(health_address)
+        if health_port == 0:
+            raise OSError(f"cannot bind {health_address}")
+    return FeatureServer(server, port, service, health_servicer, tls=tls,
+                         health_server=health_server, health_port=health_port)

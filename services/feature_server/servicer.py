@@ -1,19 +1,24 @@
-"""GetFeatures servicer: proto <-> domain only.
+"""GetFeatures and GetStatus servicer: proto <-> domain only.
 
-Validation, planning and assembly are pure functions in `ofp`; this module
-turns a proto request into them, runs the one database read, and turns the
-result (or a ContractError) back into proto and gRPC status.
+Validation, planning, assembly and the health ladder are pure functions in `ofp`;
+this module turns a proto request into them, runs the one database read, and turns
+the result (or a ContractError) back into proto and gRPC status. Every RPC logs one
+`rpc_finished` line with the request id bound through contextvars (so any line logged
+while the RPC runs carries it) and feeds the Prometheus metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Iterator
+from typing import Any, TypeVar
 
 import asyncpg
 import grpc
+import structlog
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
@@ -28,15 +33,21 @@ from ofp.contracts.request import (
     unstorable_text,
     validate_request_json,
 )
+from ofp.contracts.response_proto import response_proto
 from ofp.contracts.timefmt import format_micros
+from ofp.health import Thresholds, status_report
 from ofp.logs import get_logger
 from ofp.policy import Policy, policy_from_normalized
 from ofp.snapshot import assemble_snapshot, plan_read
 from ofp.store.db import is_transient
 from ofp.store.reads import SnapshotRow, active_groups, active_policy_content, read_snapshot
+from ofp.store.status import read_status
+
+from .metrics import ServerMetrics
 
 _log = get_logger("ofp.server")
 ERROR_DOMAIN = "ofp.feature_plane"
+_T = TypeVar("_T")
 
 
 def now_us() -> int:
@@ -67,59 +78,116 @@ class PolicyCache:
 
 
 class FeatureService(pb_grpc.FeatureServiceServicer):
-    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, settings: Settings, pool: asyncpg.Pool, metrics: ServerMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.policies = PolicyCache()
+        self.metrics = metrics if metrics is not None else ServerMetrics()
+        self.thresholds = Thresholds.from_settings(settings)
 
     async def GetFeatures(
         self, request: pb.GetFeaturesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetFeaturesResponse:
-        t0 = time.perf_counter()
         if isinstance(request, UndecodableRequest):
-            await _abort(
-                context,
-                ContractError(ErrorCode.INVALID_REQUEST, "request is not a GetFeaturesRequest"),
-                None,
+            request_id = None
+        else:
+            request_id = _echoable_request_id(request)
+        outcome = _Outcome()
+        with _rpc_scope("GetFeatures", request_id, context, outcome, self.metrics):
+            if isinstance(request, UndecodableRequest):
+                await _abort_contract(
+                    context,
+                    ContractError(
+                        ErrorCode.INVALID_REQUEST, "request is not a GetFeaturesRequest"
+                    ),
+                    None,
+                    outcome,
+                )
+            response = await self._guarded(
+                self._get_features(request), context, request_id, outcome
             )
-        request_id = _echoable_request_id(request)
-        metadata_id = _metadata_request_id(context)
-        code = "OK"
-        try:
-            response = await asyncio.wait_for(
-                self._get_features(request), timeout=self.settings.deadline_ms / 1000
-            )
+            freshness = response.snapshot.freshness
+            self.metrics.snapshot_served(state=freshness.state, flags=list(freshness.flags))
             return response
+        raise AssertionError("unreachable")
+
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetStatusResponse:
+        """Projection status and the health ladder (SPEC 4.6), from one database snapshot."""
+        request_id = None
+        if not isinstance(request, UndecodableRequest) and request.HasField("request_id"):
+            rid = request.request_id
+            request_id = rid if 0 < len(rid) <= 128 and unstorable_text(rid) is None else None
+        outcome = _Outcome()
+        with _rpc_scope("GetStatus", request_id, context, outcome, self.metrics):
+            if isinstance(request, UndecodableRequest):
+                await _abort_contract(
+                    context,
+                    ContractError(ErrorCode.INVALID_REQUEST, "request is not a GetStatusRequest"),
+                    None,
+                    outcome,
+                )
+            return await self._guarded(
+                self._get_status(request, request_id), context, request_id, outcome
+            )
+        raise AssertionError("unreachable")
+
+    async def _guarded(
+        self,
+        work: Awaitable[_T],
+        context: grpc.aio.ServicerContext[Any, Any],
+        request_id: str | None,
+        outcome: _Outcome,
+    ) -> _T:
+        """Run `work` under the server-side deadline; every failure becomes a gRPC status."""
+        try:
+            return await asyncio.wait_for(work, timeout=self.settings.deadline_ms / 1000)
         except ContractError as exc:
-            code = exc.code.value
-            await _abort(context, exc, request_id)
+            await _abort_contract(context, exc, request_id, outcome)
         except TimeoutError:
-            code = ErrorCode.UNAVAILABLE.value
-            await _abort(
+            await _abort_contract(
                 context,
                 ContractError(ErrorCode.UNAVAILABLE, "the server-side deadline expired"),
                 request_id,
+                outcome,
             )
         except Exception as exc:
             if is_transient(exc):
-                code = ErrorCode.UNAVAILABLE.value
-                await _abort(
+                await _abort_contract(
                     context,
                     ContractError(ErrorCode.UNAVAILABLE, "the feature store is unreachable"),
                     request_id,
+                    outcome,
                 )
-            code = "INTERNAL"
-            _log.exception("rpc_failed", request_id=request_id)
+            outcome.code, outcome.grpc_code = "INTERNAL", grpc.StatusCode.INTERNAL.name
+            # A bug, never bad input (the fuzz test asserts it): keep the traceback.
+            _log.exception("rpc_failed", error=type(exc).__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        finally:
-            _log.info(
-                "rpc_finished",
-                method="GetFeatures",
-                code=code,
-                request_id=request_id or metadata_id,
-                duration_ms=round((time.perf_counter() - t0) * 1000, 3),
-            )
         raise AssertionError("unreachable")
+
+    async def _get_status(
+        self, request: pb.GetStatusRequest, request_id: str | None
+    ) -> pb.GetStatusResponse:
+        stream = request.stream if request.HasField("stream") else None
+        if stream is not None and not (0 < len(stream) <= 256 and unstorable_text(stream) is None):
+            raise ContractError(ErrorCode.INVALID_REQUEST, "stream must be 1..256 characters")
+        facts = await read_status(self.pool, stream=stream)
+        doc = status_report(
+            stream=facts.stream,
+            now_us=facts.now_us,
+            policy=facts.policy,
+            partitions=facts.partitions,
+            counters=facts.counters,
+            quarantine_open=facts.quarantine_open,
+            thresholds=self.thresholds,
+            request_id=request_id,
+        )
+        response = pb.GetStatusResponse()
+        json_format.ParseDict(doc, response)
+        return response
 
     async def _get_features(self, request: pb.GetFeaturesRequest) -> pb.GetFeaturesResponse:
         req = validate_request_json(
@@ -141,7 +209,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         }
         if req.request_id is not None:
             doc["request_id"] = req.request_id
-        return to_response_proto(doc)
+        return response_proto(doc)
 
     async def _snapshot(self, req: ValidRequest) -> dict[str, Any]:
         policy = self.policies.policy or await self.policies.load(self.pool)
@@ -187,6 +255,58 @@ def decode_request(data: bytes) -> pb.GetFeaturesRequest | UndecodableRequest:
     return msg
 
 
+def decode_status_request(data: bytes) -> pb.GetStatusRequest | UndecodableRequest:
+    msg = pb.GetStatusRequest()
+    try:
+        msg.ParseFromString(data)
+    except DecodeError:
+        return UndecodableRequest()
+    return msg
+
+
+class _Outcome:
+    """What an RPC ended with: the contract code (or OK / INTERNAL) and the gRPC code."""
+
+    def __init__(self) -> None:
+        self.code = "OK"
+        self.grpc_code = grpc.StatusCode.OK.name
+
+
+@contextlib.contextmanager
+def _rpc_scope(
+    method: str,
+    request_id: str | None,
+    context: grpc.aio.ServicerContext[Any, Any],
+    outcome: _Outcome,
+    metrics: ServerMetrics,
+) -> Iterator[None]:
+    """Bind the request id for every log line of the RPC; log `rpc_finished`; count it."""
+    t0 = time.perf_counter()
+    rid = request_id or _metadata_request_id(context)
+    with structlog.contextvars.bound_contextvars(request_id=rid, method=method):
+        try:
+            yield
+        except asyncio.CancelledError:
+            outcome.code = outcome.grpc_code = "CANCELLED"
+            raise
+        except BaseException:
+            if outcome.code == "OK":  # not one of our refusals: say so, invent nothing
+                outcome.code, outcome.grpc_code = "INTERNAL", grpc.StatusCode.INTERNAL.name
+            raise
+        finally:
+            duration_s = time.perf_counter() - t0
+            _log.info(
+                "rpc_finished",
+                code=outcome.code,
+                grpc_code=outcome.grpc_code,
+                duration_ms=round(duration_s * 1000, 3),
+            )
+            metrics.rpc_finished(
+                method=method, code=outcome.code, grpc_code=outcome.grpc_code,
+                duration_s=duration_s,
+            )
+
+
 def _echoable_request_id(request: pb.GetFeaturesRequest) -> str | None:
     """The request id to echo: only one the contract allows (1..128 characters)."""
     if not request.HasField("request_id"):
@@ -206,13 +326,6 @@ def _pins_tuple(pins: dict[str, Any]) -> tuple[str, str, str, str, str, int]:
     )
 
 
-def to_response_proto(doc: dict[str, Any]) -> pb.GetFeaturesResponse:
-    snapshot = dict(doc["snapshot"])
-    if snapshot.get("graph_version") is None:
-        snapshot.pop("graph_version", None)
-    response = pb.GetFeaturesResponse()
-    json_format.ParseDict({**doc, "snapshot": snapshot}, response)
-    return response
 
 
 def error_status(exc: ContractError, request_id: str | None) -> status_pb2.Status:
@@ -238,6 +351,16 @@ def error_status(exc: ContractError, request_id: str | None) -> status_pb2.Statu
     return status_pb2.Status(
         code=exc.grpc_code.value[0], message=exc.detail, details=[detail_any, info_any]
     )
+
+
+async def _abort_contract(
+    context: grpc.aio.ServicerContext[Any, Any],
+    exc: ContractError,
+    request_id: str | None,
+    outcome: _Outcome,
+) -> None:
+    outcome.code, outcome.grpc_code = exc.code.value, exc.grpc_code.name
+    await _abort(context, exc, request_id)
 
 
 async def _abort(

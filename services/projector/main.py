@@ -1,4 +1,7 @@
-"""`ofp-projector [--config FILE] [--once]`: consume the bus into feature state."""
+"""`ofp-projector [--config FILE] [--once]`: consume the bus into feature state.
+
+With `metrics_port` set it serves /metrics, /healthz and /readyz (observability.py).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import asyncio
 import signal
 import sys
 
+import asyncpg
 import uvloop
 
 from ofp.config import ConfigError, Settings, load_settings
@@ -14,6 +18,7 @@ from ofp.logs import configure, get_logger
 from ofp.policy import PolicyError, load_policy
 from ofp.store.db import create_pool, embedded_dsn
 
+from .observability import ProjectorMetrics, start_http
 from .projector import Projector
 
 _log = get_logger("ofp.projector")
@@ -21,20 +26,31 @@ _log = get_logger("ofp.projector")
 
 async def run(settings: Settings, *, once: bool) -> int:
     policy = load_policy(settings.features_path)
-    if settings.bus_kind != "file":
-        raise ConfigError(f"bus_kind {settings.bus_kind!r} is not available in this build")
     dsn = settings.database_url or embedded_dsn(settings.embedded_data_dir)
-    pool = await create_pool(dsn, max_size=settings.db_pool_max)
+    metrics = ProjectorMetrics()
+    endpoint = None
+    if settings.metrics_port is not None:
+        # Before the database: /healthz answers (process alive) while Postgres is awaited.
+        endpoint = await start_http(settings.metrics_port, metrics)
+        _log.info("metrics_started", port=endpoint.port)
     try:
-        projector = Projector(settings, pool, policy)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, projector.stop)
-        totals = await projector.run(once=once)
-        _log.info("projector_finished", records=totals.records, batches=totals.batches,
-                  outcomes=totals.by_outcome, retries=totals.retries)
+        pool = await create_pool(dsn, max_size=settings.db_pool_max)
+        try:
+            projector = Projector(settings, pool, policy, metrics=metrics)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, projector.stop)
+            await projector.prepare()
+            metrics.set_ready(True)
+            totals = await projector.run(once=once)
+            metrics.set_ready(False)
+            _log.info("projector_finished", records=totals.records, batches=totals.batches,
+                      outcomes=totals.by_outcome, retries=totals.retries)
+        finally:
+            await pool.close()
     finally:
-        await pool.close()
+        if endpoint is not None:
+            await endpoint.close()
     return 0
 
 
@@ -50,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, PolicyError) as exc:
         print(f"ofp-projector: {exc}", file=sys.stderr)
         return 2
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # One line naming the failure, never a traceback: asyncpg's messages carry the
+        # host and port at most, never the DSN's password.
+        print(f"ofp-projector: cannot run: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -88,11 +88,22 @@ async def test_status_reports_line_counts_when_stream_projected(
     assert {k.upper(): totals[k] for k in ("applied", "duplicate", "ignored", "quarantined")} == (
         stream.expected_outcomes
     )
-    assert sum(totals["by_reason"]["quarantined"].values()) == totals["quarantined"]
+    quarantined_by_reason = [r["count"] for r in totals["by_reason"]
+                             if r["outcome"] == "QUARANTINED"]
+    assert sum(quarantined_by_reason) == totals["quarantined"]
+    # Quarantined records wait for an operator: the ladder says AMBER (or worse: the
+    # generated event times are far behind the wall clock, so the watermark is RED).
+    assert doc["quarantine_open"] == totals["quarantined"] > 0
+    assert doc["health"]["state"] == "RED"
+    assert {r["code"] for r in doc["health"]["reasons"]} == {"QUARANTINE_OPEN", "WATERMARK_STALE"}
 
     rc, table, err = await run_ofp("status", env=env, cwd=tmp_path)
     assert rc == 0, err
     assert "partition" in table and "quarantined" in table and TOPIC in table
+    assert "health     RED" in table and "WATERMARK_STALE" in table
+
+    rc, _, err = await run_ofp("status", "--fail-on", "red", env=env, cwd=tmp_path)
+    assert rc == 1, err
 
 
 async def test_replay_rebuilds_same_checkpoints_when_target_dsn_given(

@@ -604,6 +604,266 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    "get_status_request.schema.yaml": {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://ofp.local/rtdl/get_status_request.schema.yaml",
+        "title": "GetStatusRequest",
+        "description": "Ask for the projection status and the health ladder (SPEC 4.6). Every field is optional: an empty request reports the active policy's source topic.",
+        "x-proto-message": "GetStatusRequest",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "stream": {
+                "description": "The topic / Kinesis stream to report; default the active policy's source topic.",
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 256,
+            },
+            "request_id": {
+                "description": "Caller-chosen id, echoed back.",
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 128,
+            },
+        },
+    },
+    "get_status_response.schema.yaml": {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://ofp.local/rtdl/get_status_response.schema.yaml",
+        "title": "GetStatusResponse",
+        "description": "Projection status for the degrade ladder and operators (SPEC 4.6): per partition checkpoint, event-time high mark, lag and last apply; outcome counters; the active policy; and a health state with reasons. Read in one database snapshot; ages are measured against the database clock at that snapshot (observed_at_utc).",
+        "x-proto-message": "GetStatusResponse",
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "status",
+            "observed_at_utc",
+            "partitions",
+            "totals",
+            "quarantine_open",
+            "health",
+        ],
+        "properties": {
+            "status": {
+                "description": "Always OK (a status that cannot be read is a gRPC error).",
+                "type": "string",
+                "const": "OK",
+            },
+            "stream": {
+                "description": "The topic / Kinesis stream reported; absent only when none was asked for and no policy is active yet to name one.",
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 256,
+            },
+            "observed_at_utc": {
+                "type": "string",
+                "format": "date-time",
+                "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$",
+                "description": "The database clock at the snapshot; every age below is relative to it.",
+            },
+            "policy": {
+                "description": "The active feature policy revision; absent before the projector recorded one.",
+                "$ref": "feature_def_policy_rev.schema.yaml",
+            },
+            "policy_activated_at_utc": {
+                "type": "string",
+                "format": "date-time",
+                "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$",
+                "description": "When that revision became active.",
+            },
+            "watermark_utc": {
+                "type": "string",
+                "format": "date-time",
+                "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$",
+                "description": "Event-time watermark (SPEC 4.3): the minimum per-partition event-time high mark, as GetFeatures reports it in window_end_utc. Absent before any valid consumed record.",
+            },
+            "watermark_age_ms": {
+                "description": "observed_at_utc minus watermark_utc.",
+                "type": "integer",
+            },
+            "partitions": {
+                "description": "One entry per partition (shard) with a checkpoint, sorted by partition.",
+                "type": "array",
+                "items": {
+                    "x-proto-message": "PartitionStatus",
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": [
+                        "partition",
+                        "offset_kind",
+                        "next_offset",
+                        "updated_at_utc",
+                        "checkpoint_age_ms",
+                        "closed",
+                        "outcomes",
+                    ],
+                    "properties": {
+                        "partition": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": 4294967295,
+                            "x-proto-type": "uint32",
+                        },
+                        "offset_kind": {
+                            "type": "string",
+                            "enum": ["kinesis_sequence", "kafka_offset", "file_line"],
+                        },
+                        "next_offset": {
+                            "description": "Exclusive-next checkpoint as a decimal string.",
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 128,
+                        },
+                        "event_time_high_utc": {
+                            "type": "string",
+                            "format": "date-time",
+                            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$",
+                            "description": "Largest ts_utc of a valid consumed record in this partition.",
+                        },
+                        "last_applied_at_utc": {
+                            "type": "string",
+                            "format": "date-time",
+                            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$",
+                            "description": "When the projector last committed a batch for this partition.",
+                        },
+                        "updated_at_utc": {
+                            "type": "string",
+                            "format": "date-time",
+                            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$",
+                            "description": "When the checkpoint row last changed.",
+                        },
+                        "checkpoint_age_ms": {
+                            "description": "Time since the partition was last known current: its last commit, or a newer observation that it had nothing left to read (lag 0).",
+                            "type": "integer",
+                            "minimum": 0,
+                        },
+                        "lag_records": {
+                            "description": "Records behind the end of the bus, where the bus says.",
+                            "type": "integer",
+                            "minimum": 0,
+                        },
+                        "lag_ms": {
+                            "description": "Milliseconds behind the tip of the bus (Kinesis MillisBehindLatest).",
+                            "type": "integer",
+                            "minimum": 0,
+                        },
+                        "lag_observed_at_utc": {
+                            "type": "string",
+                            "format": "date-time",
+                            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$",
+                            "description": "When the lag was observed.",
+                        },
+                        "closed": {
+                            "description": "A closed shard (SHARD_END reached and fully applied).",
+                            "type": "boolean",
+                        },
+                        "lease_owner": {
+                            "description": "The projector replica holding the partition's lease, if any.",
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 256,
+                        },
+                        "outcomes": {
+                            "$ref": "outcome_counts.schema.yaml",
+                        },
+                    },
+                },
+            },
+            "totals": {
+                "description": "Outcome counters over every partition.",
+                "$ref": "outcome_counts.schema.yaml",
+            },
+            "quarantine_open": {
+                "description": "Rows in the quarantine table (kept until an operator resolves them).",
+                "type": "integer",
+                "minimum": 0,
+            },
+            "health": {
+                "x-proto-message": "HealthStatus",
+                "description": "The degrade ladder's view (SPEC 4.6).",
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["state", "reasons", "thresholds"],
+                "properties": {
+                    "state": {
+                        "description": "The worst state of any reason; GREEN when there is none.",
+                        "type": "string",
+                        "enum": ["GREEN", "AMBER", "RED"],
+                    },
+                    "reasons": {
+                        "description": "Why the state is not GREEN, worst first.",
+                        "type": "array",
+                        "items": {
+                            "x-proto-message": "HealthReason",
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["code", "state", "detail"],
+                            "properties": {
+                                "code": {
+                                    "description": "NO_ACTIVE_POLICY, NO_PARTITIONS, NO_WATERMARK, CHECKPOINT_STALE, BEHIND_BUS, WATERMARK_STALE or QUARANTINE_OPEN.",
+                                    "type": "string",
+                                    "minLength": 1,
+                                    "maxLength": 64,
+                                },
+                                "state": {
+                                    "type": "string",
+                                    "enum": ["AMBER", "RED"],
+                                },
+                                "detail": {
+                                    "type": "string",
+                                    "maxLength": 2048,
+                                },
+                                "partition": {
+                                    "description": "The partition the reason is about, when it is about one.",
+                                    "type": "integer",
+                                    "minimum": 0,
+                                    "maximum": 4294967295,
+                                    "x-proto-type": "uint32",
+                                },
+                            },
+                        },
+                    },
+                    "thresholds": {
+                        "x-proto-message": "HealthThresholds",
+                        "description": "The thresholds in force (configurable, OFP_STATUS_*).",
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": [
+                            "checkpoint_amber_s",
+                            "checkpoint_red_s",
+                            "watermark_amber_s",
+                            "watermark_red_s",
+                            "quarantine_amber",
+                        ],
+                        "properties": {
+                            "checkpoint_amber_s": {
+                                "type": "integer",
+                            },
+                            "checkpoint_red_s": {
+                                "type": "integer",
+                            },
+                            "watermark_amber_s": {
+                                "type": "integer",
+                            },
+                            "watermark_red_s": {
+                                "type": "integer",
+                            },
+                            "quarantine_amber": {
+                                "description": "Open quarantine rows that make the state AMBER; 0 disables the rule.",
+                                "type": "integer",
+                            },
+                        },
+                    },
+                },
+            },
+            "request_id": {
+                "description": "The request's request_id, echoed.",
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 128,
+            },
+        },
+    },
     "graph_version.schema.yaml": {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://ofp.local/rtdl/graph_version.schema.yaml",
@@ -641,6 +901,60 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "type": "string",
                 "format": "date-time",
                 "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$",
+            },
+        },
+    },
+    "outcome_counts.schema.yaml": {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://ofp.local/rtdl/outcome_counts.schema.yaml",
+        "title": "OutcomeCounts",
+        "description": "Records by outcome (SPEC 2.2), and by (outcome, reason) where a reason is recorded.",
+        "x-proto-message": "OutcomeCounts",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["applied", "duplicate", "ignored", "quarantined", "by_reason"],
+        "properties": {
+            "applied": {
+                "type": "integer",
+                "minimum": 0,
+            },
+            "duplicate": {
+                "type": "integer",
+                "minimum": 0,
+            },
+            "ignored": {
+                "type": "integer",
+                "minimum": 0,
+            },
+            "quarantined": {
+                "type": "integer",
+                "minimum": 0,
+            },
+            "by_reason": {
+                "description": "Sorted by (outcome, reason).",
+                "type": "array",
+                "items": {
+                    "x-proto-message": "ReasonCount",
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["outcome", "reason", "count"],
+                    "properties": {
+                        "outcome": {
+                            "type": "string",
+                            "enum": ["APPLIED", "DUPLICATE", "IGNORED", "QUARANTINED"],
+                        },
+                        "reason": {
+                            "description": "Machine code, e.g. envelope_invalid, foreign_run.",
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 128,
+                        },
+                        "count": {
+                            "type": "integer",
+                            "minimum": 0,
+                        },
+                    },
+                },
             },
         },
     },

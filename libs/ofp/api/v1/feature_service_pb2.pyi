@@ -177,6 +177,132 @@ class ErrorResponse(_message.Message):
     served_at_utc: str
     def __init__(self, status: _Optional[str] = ..., code: _Optional[str] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., request_id: _Optional[str] = ..., served_at_utc: _Optional[str] = ...) -> None: ...
 
+class GetStatusRequest(_message.Message):
+    __slots__ = ("stream", "request_id")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    stream: str
+    request_id: str
+    def __init__(self, stream: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetStatusResponse(_message.Message):
+    __slots__ = ("status", "stream", "observed_at_utc", "policy", "policy_activated_at_utc", "watermark_utc", "watermark_age_ms", "partitions", "totals", "quarantine_open", "health", "request_id")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_ACTIVATED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
+    WATERMARK_UTC_FIELD_NUMBER: _ClassVar[int]
+    WATERMARK_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINE_OPEN_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    stream: str
+    observed_at_utc: str
+    policy: FeatureDefPolicyRev
+    policy_activated_at_utc: str
+    watermark_utc: str
+    watermark_age_ms: int
+    partitions: _containers.RepeatedCompositeFieldContainer[PartitionStatus]
+    totals: OutcomeCounts
+    quarantine_open: int
+    health: HealthStatus
+    request_id: str
+    def __init__(self, status: _Optional[str] = ..., stream: _Optional[str] = ..., observed_at_utc: _Optional[str] = ..., policy: _Optional[_Union[FeatureDefPolicyRev, _Mapping]] = ..., policy_activated_at_utc: _Optional[str] = ..., watermark_utc: _Optional[str] = ..., watermark_age_ms: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[PartitionStatus, _Mapping]]] = ..., totals: _Optional[_Union[OutcomeCounts, _Mapping]] = ..., quarantine_open: _Optional[int] = ..., health: _Optional[_Union[HealthStatus, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class PartitionStatus(_message.Message):
+    __slots__ = ("partition", "offset_kind", "next_offset", "event_time_high_utc", "last_applied_at_utc", "updated_at_utc", "checkpoint_age_ms", "lag_records", "lag_ms", "lag_observed_at_utc", "closed", "lease_owner", "outcomes")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_KIND_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_HIGH_UTC_FIELD_NUMBER: _ClassVar[int]
+    LAST_APPLIED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    LAG_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    LAG_OBSERVED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    offset_kind: str
+    next_offset: str
+    event_time_high_utc: str
+    last_applied_at_utc: str
+    updated_at_utc: str
+    checkpoint_age_ms: int
+    lag_records: int
+    lag_ms: int
+    lag_observed_at_utc: str
+    closed: bool
+    lease_owner: str
+    outcomes: OutcomeCounts
+    def __init__(self, partition: _Optional[int] = ..., offset_kind: _Optional[str] = ..., next_offset: _Optional[str] = ..., event_time_high_utc: _Optional[str] = ..., last_applied_at_utc: _Optional[str] = ..., updated_at_utc: _Optional[str] = ..., checkpoint_age_ms: _Optional[int] = ..., lag_records: _Optional[int] = ..., lag_ms: _Optional[int] = ..., lag_observed_at_utc: _Optional[str] = ..., closed: _Optional[bool] = ..., lease_owner: _Optional[str] = ..., outcomes: _Optional[_Union[OutcomeCounts, _Mapping]] = ...) -> None: ...
+
+class OutcomeCounts(_message.Message):
+    __slots__ = ("applied", "duplicate", "ignored", "quarantined", "by_reason")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    IGNORED_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    BY_REASON_FIELD_NUMBER: _ClassVar[int]
+    applied: int
+    duplicate: int
+    ignored: int
+    quarantined: int
+    by_reason: _containers.RepeatedCompositeFieldContainer[ReasonCount]
+    def __init__(self, applied: _Optional[int] = ..., duplicate: _Optional[int] = ..., ignored: _Optional[int] = ..., quarantined: _Optional[int] = ..., by_reason: _Optional[_Iterable[_Union[ReasonCount, _Mapping]]] = ...) -> None: ...
+
+class ReasonCount(_message.Message):
+    __slots__ = ("outcome", "reason", "count")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    outcome: str
+    reason: str
+    count: int
+    def __init__(self, outcome: _Optional[str] = ..., reason: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class HealthStatus(_message.Message):
+    __slots__ = ("state", "reasons", "thresholds")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    reasons: _containers.RepeatedCompositeFieldContainer[HealthReason]
+    thresholds: HealthThresholds
+    def __init__(self, state: _Optional[str] = ..., reasons: _Optional[_Iterable[_Union[HealthReason, _Mapping]]] = ..., thresholds: _Optional[_Union[HealthThresholds, _Mapping]] = ...) -> None: ...
+
+class HealthReason(_message.Message):
+    __slots__ = ("code", "state", "detail", "partition")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    state: str
+    detail: str
+    partition: int
+    def __init__(self, code: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., partition: _Optional[int] = ...) -> None: ...
+
+class HealthThresholds(_message.Message):
+    __slots__ = ("checkpoint_amber_s", "checkpoint_red_s", "watermark_amber_s", "watermark_red_s", "quarantine_amber")
+    CHECKPOINT_AMBER_S_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_RED_S_FIELD_NUMBER: _ClassVar[int]
+    WATERMARK_AMBER_S_FIELD_NUMBER: _ClassVar[int]
+    WATERMARK_RED_S_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINE_AMBER_FIELD_NUMBER: _ClassVar[int]
+    checkpoint_amber_s: int
+    checkpoint_red_s: int
+    watermark_amber_s: int
+    watermark_red_s: int
+    quarantine_amber: int
+    def __init__(self, checkpoint_amber_s: _Optional[int] = ..., checkpoint_red_s: _Optional[int] = ..., watermark_amber_s: _Optional[int] = ..., watermark_red_s: _Optional[int] = ..., quarantine_amber: _Optional[int] = ...) -> None: ...
+
 class CanonicalEnvelope(_message.Message):
     __slots__ = ("event_id", "event_type", "ts_utc", "manifest_fingerprint", "parameter_hash", "seed", "scenario_id", "platform_run_id", "scenario_run_id", "run_id", "schema_version", "emitted_at_utc", "trace_id", "span_id", "parent_event_id", "producer", "payload")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -40,6 +40,11 @@ class FeatureServiceStub:
                 request_serializer=ofp_dot_v1_dot_feature__service__pb2.GetFeaturesRequest.SerializeToString,
                 response_deserializer=ofp_dot_v1_dot_feature__service__pb2.GetFeaturesResponse.FromString,
                 _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/ofp.v1.FeatureService/GetStatus',
+                request_serializer=ofp_dot_v1_dot_feature__service__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=ofp_dot_v1_dot_feature__service__pb2.GetStatusResponse.FromString,
+                _registered_method=True)
 
 
 class FeatureServiceServicer:
@@ -53,6 +58,13 @@ class FeatureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatus(self, request, context):
+        """Projection status and the health ladder (checkpoints, lag, counters, state).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeatureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +72,11 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.GetFeatures,
                     request_deserializer=ofp_dot_v1_dot_feature__service__pb2.GetFeaturesRequest.FromString,
                     response_serializer=ofp_dot_v1_dot_feature__service__pb2.GetFeaturesResponse.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=ofp_dot_v1_dot_feature__service__pb2.GetStatusRequest.FromString,
+                    response_serializer=ofp_dot_v1_dot_feature__service__pb2.GetStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +107,33 @@ class FeatureService:
             '/ofp.v1.FeatureService/GetFeatures',
             ofp_dot_v1_dot_feature__service__pb2.GetFeaturesRequest.SerializeToString,
             ofp_dot_v1_dot_feature__service__pb2.GetFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ofp.v1.FeatureService/GetStatus',
+            ofp_dot_v1_dot_feature__service__pb2.GetStatusRequest.SerializeToString,
+            ofp_dot_v1_dot_feature__service__pb2.GetStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

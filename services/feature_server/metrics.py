@@ -1,0 +1,61 @@
+"""Prometheus metrics of the feature server; one CollectorRegistry per server instance.
+
+Label values come from small closed sets only (method, contract code, gRPC code,
+freshness state and flag): never a request id, key, pin or hash.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# GetFeatures is a few milliseconds of an 800 ms p99 budget (SPEC 6): fine buckets low.
+LATENCY_BUCKETS_S = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.get_features_seconds = Histogram(
+            "ofp_get_features_duration_seconds",
+            "GetFeatures latency in the server, by contract code (OK or the error code)",
+            ["code"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "ofp_grpc_requests",
+            "RPCs answered, by method, contract code and gRPC status code",
+            ["method", "code", "grpc_code"],
+            registry=self.registry,
+        )
+        self.freshness = Counter(
+            "ofp_snapshot_freshness",
+            "GetFeatures snapshots served, by freshness state",
+            ["state"],
+            registry=self.registry,
+        )
+        self.freshness_flags = Counter(
+            "ofp_snapshot_freshness_flags",
+            "GetFeatures snapshots served carrying each freshness flag",
+            ["flag"],
+            registry=self.registry,
+        )
+        self.serving = Gauge(
+            "ofp_server_serving",
+            "1 while grpc.health.v1 reports SERVING (database answers, active policy)",
+            registry=self.registry,
+        )
+        for state in ("GREEN", "AMBER", "RED"):  # exported at 0 before the first answer
+            self.freshness.labels(state=state)
+
+    def rpc_finished(self, *, method: str, code: str, grpc_code: str, duration_s: float) -> None:
+        self.requests.labels(method=method, code=code, grpc_code=grpc_code).inc()
+        if method == "GetFeatures":
+            self.get_features_seconds.labels(code=code).observe(duration_s)
+
+    def snapshot_served(self, *, state: str, flags: list[str]) -> None:
+        self.freshness.labels(state=state).inc()
+        for flag in flags:
+            self.freshness_flags.labels(flag=flag).inc()

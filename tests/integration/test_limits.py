@@ -1,0 +1,61 @@
+"""Request limits of the server (SPEC 4.1): the server-side deadline and the message size.
+(Key and group counts: test_errors_grpc.py and test_request_validation.py.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+
+from ofp.contracts.errors import ErrorCode
+from tests.support.harness import project_once, request_proto, running_server
+from tests.support.rich_errors import rich_error
+from tests.support.streams import BASE_US, HOUR_US, format_micros, generate, pins
+
+pytestmark = pytest.mark.integration
+
+
+def request(**changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "pins": pins("A"),
+        "as_of_time_utc": format_micros(BASE_US + 4 * 24 * HOUR_US),
+        "feature_keys": [{"key_type": "flow_id", "key_id": "1"}],
+        "feature_groups": [{"name": "core_features", "version": "v1"}],
+        "request_id": "lim-1",
+    }
+    doc.update(changes)
+    return doc
+
+
+async def test_server_deadline_answers_unavailable_retryable_when_the_read_blocks(
+    pool: asyncpg.Pool, bus_root: Path
+) -> None:
+    generate(81, n_events=40, n_partitions=1, noise=False).write(bus_root)
+    await project_once(pool, bus_root)
+    async with running_server(pool, bus_root, deadline_ms=300) as (_server, stub):
+        await stub.GetFeatures(request_proto(request()), timeout=10)  # warm: policy cached
+        async with pool.acquire() as blocker, blocker.transaction():
+            await blocker.execute("LOCK TABLE checkpoints IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetFeatures(request_proto(request()), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        error = rich_error(err.value).error
+        assert error.code == ErrorCode.UNAVAILABLE.value and error.retryable is True
+        assert "deadline" in error.detail and error.request_id == "lim-1"
+        # Unblocked, the same request answers again.
+        await stub.GetFeatures(request_proto(request()), timeout=10)
+
+
+async def test_request_larger_than_max_message_bytes_is_refused_before_the_servicer(
+    pool: asyncpg.Pool, bus_root: Path
+) -> None:
+    async with running_server(pool, bus_root, max_message_bytes=4096) as (_server, stub):
+        big = request(request_id="x" * 128, feature_keys=[
+            {"key_type": "flow_id", "key_id": f"{i:0>200}"} for i in range(40)
+        ])
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetFeatures(request_proto(big), timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -32,8 +32,14 @@ PIN_FIELDS: tuple[str, ...] = (
 KNOWN_SCHEMA_MAJORS = frozenset({"1"})
 # Fields a producer may change on a retry of the same event; they are not part
 # of what "the same payload" means.
+# The pins are not hashed either: dedupe compares hashes within one run
+# scope, where the pins are equal by definition.
 _HASH_EXCLUDED = frozenset(
-    {"event_id", "emitted_at_utc", "trace_id", "span_id", "parent_event_id", "producer"}
+    {
+        "event_id", "emitted_at_utc", "trace_id", "span_id", "parent_event_id", "producer",
+        "platform_run_id", "scenario_run_id", "scenario_id", "manifest_fingerprint",
+        "parameter_hash", "seed", "run_id",
+    }
 )
 _NUMERIC_TEXT = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
 _SCHEMA_MAJOR = re.compile(r"^v?([0-9]+)(?:\.|$)")
@@ -108,9 +114,14 @@ def _reject_constant(name: str) -> Any:
     raise _NotFinite(name)
 
 
+# One decoder for every record: json.loads with keyword arguments would build
+# a new JSONDecoder per call.
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+
+
 def parse_record(raw: bytes) -> dict[str, Any]:
     """JSON text -> envelope dict; numbers with a fraction become Decimal, never float."""
-    doc = json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+    doc = _DECODER.decode(raw.decode("utf-8"))
     if not isinstance(doc, dict):
         raise ValueError("record is not a JSON object")
     if "envelope" in doc:

@@ -16,8 +16,8 @@ SCRIPT = textwrap.dedent(
     import structlog
     from ofp.logs import configure, get_logger
 
+    log = get_logger("ofp.server")  # created at import time, before configure(), as in services
     configure()
-    log = get_logger("ofp.server")
     with structlog.contextvars.bound_contextvars(request_id="req-42", method="GetFeatures"):
         log.info("rpc_finished", code="OK", duration_ms=1.5)
         logging.getLogger("grpc._cython.cygrpc").warning("grpc says %s", "hi")

@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
+KINESALITE_VERSION := 3.3.3
+KINESALITE := .tools/kinesalite/node_modules/.bin/kinesalite
 
-.PHONY: install run test lint typecheck unit integration protos clean
+.PHONY: install run test lint typecheck unit integration protos clean bench h2load kinesalite
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +21,7 @@ run: install
 	$(VENV)/bin/ofp dev
 
 ## make test: lint, type check, then the whole test suite.
-test: lint typecheck
+test: lint typecheck h2load kinesalite
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: install
@@ -34,12 +36,29 @@ unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 ## The integration and end-to-end tests alone (used by .ci/run against a second server).
-integration: install
+integration: install h2load kinesalite
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration tests/e2e
 
 ## Regenerate the .proto, the schema module and the Python stubs from protos/rtdl.
 protos: install
 	$(PY) tools/gen_contracts.py
+
+## The load generator of the benchmark suite (Debian 12: nghttp2-client; needs root).
+h2load:
+	@command -v h2load >/dev/null 2>&1 || (apt-get update && apt-get install -y nghttp2-client)
+
+## make bench: the benchmark suite of issue 4; writes docs/benchmarks.md.
+## Options go through BENCH_ARGS, e.g. make bench BENCH_ARGS='--quick' or '--only ingest'.
+bench: install h2load
+	$(PY) -m bench $(BENCH_ARGS)
+
+## The second Kinesis emulator of the integration tests (npm, pinned; into ./.tools).
+kinesalite: $(KINESALITE)
+
+$(KINESALITE):
+	@command -v npm >/dev/null 2>&1 || { echo "make kinesalite: npm is missing (Debian: apt-get install -y npm)" >&2; exit 1; }
+	npm install --no-audit --no-fund --prefix .tools/kinesalite kinesalite@$(KINESALITE_VERSION)
+	@test -x $(KINESALITE) || { echo "make kinesalite: npm did not install $(KINESALITE)" >&2; exit 1; }
 
 clean:
 	rm -rf $(VENV) .ofp .pytest_cache .mypy_cache .ruff_cache

@@ -278,8 +278,11 @@ class ShardReader:
             and (self.position is None or self.position >= ending)
         )
         next_offset = 0 if self.position is None else self.position + 1
-        return Batch(records, next_offset, at_end=not records and not lag_ms, closes=closes,
-                     lag_ms=lag_ms)
+        # A closed shard is drained only at SHARD_END: before its null iterator, AWS and
+        # kinesalite may answer an empty page with a next iterator (kinesalite does when
+        # the shard closed a second or more after its last record).
+        at_end = not records and not lag_ms and (ending is None or closes)
+        return Batch(records, next_offset, at_end=at_end, closes=closes, lag_ms=lag_ms)
 
     async def close(self) -> None:
         self._iterator = None

@@ -9,9 +9,7 @@ moto does differently from AWS (and how the reader copes).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,11 +18,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from ofp.contracts.timefmt import format_micros
-from ofp.policy import Policy
 from ofp_projector.projector import Projector, make_bus
-from tests.support.harness import default_policy, get_features, project_once, running_server
-from tests.support.harness import settings as make_settings
+from tests.support.harness import get_features, project_once, running_server
+from tests.support.kinesis import assert_brute_force as _assert_brute_force
 from tests.support.kinesis import (
     count_records,
     create_stream,
@@ -32,73 +28,18 @@ from tests.support.kinesis import (
     kinesis_endpoint,
     put_lines,
     put_partitions,
+    snapshots,
 )
-from tests.support.streams import HOUR_US, Stream, brute_force, generate, pins
+from tests.support.kinesis import feature_requests as _requests
+from tests.support.kinesis import kinesis_settings as _kinesis_settings
+from tests.support.kinesis import outcome_totals as _outcomes
+from tests.support.kinesis import policy_for as _policy_for
+from tests.support.kinesis import wait_until as _wait_until
+from tests.support.streams import generate
 
 __all__ = ["kinesis_endpoint"]
 pytestmark = pytest.mark.integration
 PoolFactory = Callable[[], Awaitable[asyncpg.Pool]]
-
-
-def _policy_for(stream_name: str) -> Policy:
-    """The default policy whose source topic is this test's own Kinesis stream."""
-    return dataclasses.replace(default_policy(), source_topic=stream_name)
-
-
-def _kinesis_settings(endpoint: str, **overrides: Any) -> Any:
-    return make_settings(
-        ".", bus_kind="kinesis", kinesis_endpoint_url=endpoint, aws_region="us-east-1",
-        kinesis_poll_interval_ms=20, lease_ttl_s=3, **overrides,
-    )
-
-
-def _requests(stream: Stream) -> list[dict[str, Any]]:
-    ts = sorted(e.ts_us for e in stream.truth)
-    keys = [{"key_type": "flow_id", "key_id": k} for k in [*stream.keys, "nope"]]
-    return [
-        {
-            "pins": pins(run),
-            "as_of_time_utc": format_micros(as_of),
-            "feature_keys": keys,
-            "feature_groups": [{"name": "core_features", "version": "v1"}],
-        }
-        for run in ("A", "B")
-        for as_of in (ts[0] + HOUR_US, ts[len(ts) // 2], ts[-1], ts[-1] + 2 * HOUR_US)
-    ]
-
-
-async def _snapshots(pool: asyncpg.Pool, stream: Stream, policy: Policy) -> list[dict[str, Any]]:
-    async with running_server(pool) as (_, stub):
-        out = []
-        for req in _requests(stream):
-            resp = await get_features(stub, req)
-            assert resp["status"] == "OK", resp
-            out.append(resp["snapshot"])
-        return out
-
-
-async def _outcomes(pool: asyncpg.Pool, stream: str) -> dict[str, int]:
-    rows = await pool.fetch(
-        "SELECT outcome, sum(n)::bigint AS n FROM outcome_counters WHERE stream = $1"
-        " GROUP BY outcome", stream)
-    return {r["outcome"]: int(r["n"]) for r in rows}
-
-
-def _assert_brute_force(snaps: list[dict[str, Any]], stream: Stream) -> None:
-    from ofp.contracts.timefmt import parse_micros
-
-    for snap in snaps:
-        run = "A" if snap["pins"]["scenario_id"] == "scenario_A" else "B"
-        as_of = parse_micros(snap["as_of_time_utc"])
-        for key in stream.keys:
-            want = brute_force(stream.truth, run, key, as_of)
-            got = snap["features"].get(f"flow_id:{key}", {}).get("core_features")
-            if want is None:
-                assert got is None
-            else:
-                assert got is not None
-                got = {k: int(v) if isinstance(v, float) else v for k, v in got.items()}
-                assert got == want, (run, key, as_of)
 
 
 async def test_kinesis_and_file_bus_give_the_same_values_when_the_events_are_the_same(
@@ -119,8 +60,8 @@ async def test_kinesis_and_file_bus_give_the_same_values_when_the_events_are_the
     totals = await Projector(settings, k_pool, policy).run(once=True)
     assert totals.records == sum(len(p) for p in stream.partitions)
 
-    file_snaps = await _snapshots(file_pool, stream, policy)
-    k_snaps = await _snapshots(k_pool, stream, policy)
+    file_snaps = await snapshots(file_pool, stream)
+    k_snaps = await snapshots(k_pool, stream)
     for f, k in zip(file_snaps, k_snaps, strict=True):
         # Everything but the basis offsets (and so the digests and hash) is equal.
         for field in ("features", "run_config_digest", "feature_def_policy_rev", "freshness",
@@ -143,15 +84,6 @@ async def test_kinesis_and_file_bus_give_the_same_values_when_the_events_are_the
     # Resuming from the checkpoints (AFTER_SEQUENCE_NUMBER) reads nothing twice.
     again = await Projector(settings, k_pool, policy).run(once=True)
     assert again.records == 0
-
-
-async def _wait_until(predicate: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_resharding_loses_nothing_applies_nothing_twice_and_children_wait_for_parents(

@@ -1,23 +1,37 @@
-"""A real Kinesis-compatible endpoint for tests: moto in server mode, over HTTP.
+"""Real Kinesis-compatible endpoints for tests, over HTTP: moto in server mode and
+kinesalite (npm, installed by `make kinesalite` into .tools/; stricter than moto).
 
-The projector talks to it with its own aiobotocore client, exactly as to AWS;
-nothing is mocked. Tests inject faults only through botocore event hooks.
+The projector talks to them with its own aiobotocore client, exactly as to AWS;
+nothing is mocked. Tests inject faults only through botocore event hooks. The
+helpers below are shared by the moto and the kinesalite test modules.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+
+from ofp.contracts.timefmt import format_micros, parse_micros
+from ofp.policy import Policy
+from tests.support.harness import default_policy, get_features, running_server
+from tests.support.harness import settings as make_settings
+from tests.support.streams import HOUR_US, Stream, brute_force, pins
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -28,26 +42,110 @@ AWS_ENV = {
 }
 
 
-@pytest.fixture(scope="session")
-def kinesis_endpoint() -> Iterator[str]:
-    """moto's server in a thread of the test process, on a free port."""
-    from moto.server import ThreadedMotoServer
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KINESALITE_BIN = REPO_ROOT / ".tools" / "kinesalite" / "node_modules" / ".bin" / "kinesalite"
 
+
+@contextmanager
+def _aws_env() -> Iterator[None]:
+    """Fake credentials for the projector's default credential chain, restored after."""
     saved = {k: os.environ.get(k) for k in AWS_ENV}
     os.environ.update(AWS_ENV)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
     try:
-        yield f"http://{host}:{port}"
+        yield
     finally:
-        server.stop()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def kinesis_endpoint() -> Iterator[str]:
+    """moto's server in a thread of the test process, on a free port."""
+    from moto.server import ThreadedMotoServer
+
+    with _aws_env():
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers_list_streams(endpoint: str) -> bool:
+    import botocore.session  # type: ignore[import-untyped]
+    from botocore.config import Config  # type: ignore[import-untyped]
+
+    client = botocore.session.get_session().create_client(
+        "kinesis", region_name="us-east-1", endpoint_url=endpoint,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+        config=Config(connect_timeout=1, read_timeout=2, retries={"total_max_attempts": 1}),
+    )
+    try:
+        client.list_streams()
+        return True
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def kinesalite_endpoint() -> Iterator[str]:
+    """kinesalite (node) as a child process on a free port, in memory, streams ACTIVE
+    at once; stopped at the end of the session. Missing binary = failure, never a skip."""
+    if not os.access(KINESALITE_BIN, os.X_OK):
+        pytest.fail(f"kinesalite is not installed ({KINESALITE_BIN} is missing): run"
+                    " `make kinesalite` (needs node and npm)", pytrace=False)
+    last = ""
+    with _aws_env():
+        for _ in range(3):  # a free port can be taken by somebody else before we bind it
+            port = _free_port()
+            proc = subprocess.Popen(
+                [str(KINESALITE_BIN), "--port", str(port), "--createStreamMs", "0",
+                 "--deleteStreamMs", "0", "--updateStreamMs", "0", "--shardLimit", "100"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+            endpoint = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 20
+            while proc.poll() is None and time.monotonic() < deadline:
+                if _answers_list_streams(endpoint):
+                    break
+                time.sleep(0.1)
+            else:
+                err = b""
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                elif proc.stderr is not None:
+                    err = proc.stderr.read()
+                last = err.decode(errors="replace")[-2000:]
+                continue
+            try:
+                yield endpoint
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                if proc.stderr is not None:
+                    proc.stderr.close()
+            return
+        pytest.fail(f"kinesalite did not answer ListStreams on a free port: {last}",
+                    pytrace=False)
 
 
 @asynccontextmanager
@@ -62,11 +160,17 @@ async def kinesis_client(endpoint: str) -> AsyncIterator[Any]:
 
 async def create_stream(client: Any, name: str, shards: int) -> None:
     await client.create_stream(StreamName=name, ShardCount=shards)
+    await wait_active(client, name)
+
+
+async def wait_active(client: Any, name: str) -> None:
+    """Until the stream is ACTIVE (after a create, split or merge)."""
     for _ in range(100):
         desc = await client.describe_stream_summary(StreamName=name)
         if desc["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
             return
         await asyncio.sleep(0.05)
+    raise AssertionError(f"stream {name} did not become ACTIVE")
 
 
 def partition_key(line: str) -> str:
@@ -81,7 +185,9 @@ def partition_key(line: str) -> str:
     return hashlib.sha256(line.encode()).hexdigest()[:16]
 
 
-async def put_lines(client: Any, name: str, lines: list[str]) -> None:
+async def put_lines(client: Any, name: str, lines: list[str]) -> list[tuple[str, str]]:
+    """Put `lines` keyed by flow; returns (shard id, sequence number) of each, in order."""
+    placed: list[tuple[str, str]] = []
     for i in range(0, len(lines), 250):
         chunk = lines[i : i + 250]
         resp = await client.put_records(
@@ -90,6 +196,8 @@ async def put_lines(client: Any, name: str, lines: list[str]) -> None:
                      for line in chunk],
         )
         assert resp.get("FailedRecordCount", 0) == 0
+        placed.extend((r["ShardId"], r["SequenceNumber"]) for r in resp["Records"])
+    return placed
 
 
 async def count_records(client: Any, name: str) -> int:
@@ -109,16 +217,95 @@ async def count_records(client: Any, name: str) -> int:
     return total
 
 
-async def put_partitions(client: Any, name: str, partitions: list[list[str]]) -> None:
+async def put_partitions(
+    client: Any, name: str, partitions: list[list[str]]
+) -> list[list[str]]:
     """File-bus partition i -> shard i (ExplicitHashKey), so the two buses hold the same
-    records per partition, in the same order, and agree on the watermark."""
+    records per partition, in the same order, and agree on the watermark. Returns the
+    sequence numbers given to each partition's records."""
     shards = (await client.list_shards(StreamName=name))["Shards"]
     assert len(shards) == len(partitions)
+    seqs: list[list[str]] = []
     for shard, lines in zip(shards, partitions, strict=True):
         start = shard["HashKeyRange"]["StartingHashKey"]
+        seqs.append([])
         for i in range(0, len(lines), 250):
             resp = await client.put_records(StreamName=name, Records=[
                 {"Data": line.encode(), "PartitionKey": "p", "ExplicitHashKey": start}
                 for line in lines[i : i + 250]
             ])
             assert resp.get("FailedRecordCount", 0) == 0
+            assert {r["ShardId"] for r in resp["Records"]} <= {shard["ShardId"]}
+            seqs[-1].extend(r["SequenceNumber"] for r in resp["Records"])
+    return seqs
+
+
+# ---------------------------------------------------------------- shared by the test modules
+
+
+def policy_for(stream_name: str) -> Policy:
+    """The default policy whose source topic is this test's own Kinesis stream."""
+    return dataclasses.replace(default_policy(), source_topic=stream_name)
+
+
+def kinesis_settings(endpoint: str, **overrides: Any) -> Any:
+    return make_settings(
+        ".", bus_kind="kinesis", kinesis_endpoint_url=endpoint, aws_region="us-east-1",
+        kinesis_poll_interval_ms=20, lease_ttl_s=3, **overrides,
+    )
+
+
+def feature_requests(stream: Stream) -> list[dict[str, Any]]:
+    ts = sorted(e.ts_us for e in stream.truth)
+    keys = [{"key_type": "flow_id", "key_id": k} for k in [*stream.keys, "nope"]]
+    return [
+        {
+            "pins": pins(run),
+            "as_of_time_utc": format_micros(as_of),
+            "feature_keys": keys,
+            "feature_groups": [{"name": "core_features", "version": "v1"}],
+        }
+        for run in ("A", "B")
+        for as_of in (ts[0] + HOUR_US, ts[len(ts) // 2], ts[-1], ts[-1] + 2 * HOUR_US)
+    ]
+
+
+async def snapshots(pool: asyncpg.Pool, stream: Stream) -> list[dict[str, Any]]:
+    async with running_server(pool) as (_, stub):
+        out = []
+        for req in feature_requests(stream):
+            resp = await get_features(stub, req)
+            assert resp["status"] == "OK", resp
+            out.append(resp["snapshot"])
+        return out
+
+
+async def outcome_totals(pool: asyncpg.Pool, stream: str) -> dict[str, int]:
+    rows = await pool.fetch(
+        "SELECT outcome, sum(n)::bigint AS n FROM outcome_counters WHERE stream = $1"
+        " GROUP BY outcome", stream)
+    return {r["outcome"]: int(r["n"]) for r in rows}
+
+
+def assert_brute_force(snaps: list[dict[str, Any]], stream: Stream) -> None:
+    for snap in snaps:
+        run = "A" if snap["pins"]["scenario_id"] == "scenario_A" else "B"
+        as_of = parse_micros(snap["as_of_time_utc"])
+        for key in stream.keys:
+            want = brute_force(stream.truth, run, key, as_of)
+            got = snap["features"].get(f"flow_id:{key}", {}).get("core_features")
+            if want is None:
+                assert got is None
+            else:
+                assert got is not None
+                got = {k: int(v) if isinstance(v, float) else v for k, v in got.items()}
+                assert got == want, (run, key, as_of)
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not reached in time")

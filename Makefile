@@ -30,7 +30,7 @@ lint: install
 	$(VENV)/bin/buf lint
 
 typecheck: install
-	$(VENV)/bin/mypy libs services tools
+	$(VENV)/bin/mypy libs services tools bench
 
 unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

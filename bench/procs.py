@@ -1,0 +1,142 @@
+"""The product workloads as real processes, and RSS sampling with psutil."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+FEATURES_PATH = REPO / "config" / "features_v0.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def product_env(dsn: str, bus_root: Path, **settings: str | int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        OFP_DATABASE_URL=dsn,
+        OFP_FILE_BUS_ROOT=str(bus_root),
+        OFP_FEATURES_PATH=str(FEATURES_PATH),
+    )
+    env.update({f"OFP_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+class Process:
+    """A child process whose output goes to a log file; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.popen = subprocess.Popen(
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
+            # Own session: a signal meant for the bench's process group never reaches it.
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait(self, timeout: float | None = None) -> int:
+        try:
+            return self.popen.wait(timeout)
+        finally:
+            if self.popen.returncode is not None:
+                self._log.close()
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+
+    def tail(self, n_bytes: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            data = self.log_path.read_bytes()
+            return data[-n_bytes:].decode("utf-8", "replace")
+        return ""
+
+
+def start_server(dsn: str, bus_root: Path, port: int, log_path: Path) -> Process:
+    env = product_env(dsn, bus_root, grpc_address=f"127.0.0.1:{port}")
+    return Process([str(BIN / "ofp-server")], env, log_path)
+
+
+def start_projector(
+    dsn: str, bus_root: Path, log_path: Path, *, once: bool, **settings: str | int
+) -> Process:
+    argv = [str(BIN / "ofp-projector"), *(["--once"] if once else [])]
+    return Process(argv, product_env(dsn, bus_root, **settings), log_path)
+
+
+def run_projector_once(dsn: str, bus_root: Path, log_path: Path, **settings: str | int) -> float:
+    """Drain the bus with `ofp-projector --once`; the wall time in seconds."""
+    t0 = time.perf_counter()
+    proc = start_projector(dsn, bus_root, log_path, once=True, **settings)
+    rc = proc.wait()
+    if rc != 0:
+        raise RuntimeError(f"ofp-projector --once exited {rc}:\n{proc.tail()}")
+    return time.perf_counter() - t0
+
+
+def start_echo_server(port: int, log_path: Path) -> Process:
+    argv = [sys.executable, "-m", "bench.echo_server", "--port", str(port)]
+    return Process(argv, dict(os.environ), log_path)
+
+
+@dataclass
+class RssSampler:
+    """Samples one process's RSS (bytes) every `interval_s` on a background thread."""
+
+    pid: int
+    interval_s: float = 0.1
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        proc = psutil.Process(self.pid)
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.monotonic(), int(proc.memory_info().rss)))
+            except psutil.Error:
+                return
+            self._stop.wait(self.interval_s)
+
+    @property
+    def peak(self) -> int:
+        return max((r for _, r in self.samples), default=0)

@@ -1,0 +1,586 @@
+"""The eight figures of issue 4, each measured against its reference in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import grpc
+
+from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
+
+from . import h2load, procs, workload
+from .pg import BenchPostgres
+from .report import Figure, fmt, now_utc
+
+SMALL_STATE_KEYS = 1_000
+HOT_KEY = 900_000_000
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Sizes:
+    repeats: int = 3
+    # 1: closed loop
+    sat_requests_echo: int = 20_000
+    sat_requests_features: int = 5_000
+    sat_clients: int = 8
+    sat_streams: int = 8
+    # open-loop runs
+    duration_s: int = 10
+    warmup_s: float = 2.0
+    p99_rate: float = 1_000
+    p99_clients: int = 10
+    multi_keys: int = 50
+    multi_rate: float = 100
+    hot_events: int = 100_000
+    hot_rate: float = 200
+    state_keys: int = 1_000_000
+    state_rate: float = 200
+    # ingest and memory
+    ingest_events: int = 2_000_000
+    ingest_partitions: int = 2
+    ingest_repeats: int = 1
+    copy_repeats: int = 3
+    memory_events: int = 10_000_000
+    freshness_repeats: int = 200
+
+
+QUICK = Sizes(
+    repeats=1, sat_requests_echo=300, sat_requests_features=200, duration_s=2, warmup_s=0.5,
+    p99_rate=100, multi_rate=20, hot_events=500, hot_rate=50, state_keys=3_000, state_rate=50,
+    ingest_events=5_000, copy_repeats=1, memory_events=5_000, freshness_repeats=5,
+)
+
+
+@dataclass
+class Context:
+    pg: BenchPostgres
+    work: Path
+    sizes: Sizes
+    figures: list[Figure] = field(default_factory=list)
+
+    def path(self, stem: str) -> Path:
+        return self.work / f"{stem}-{uuid.uuid4().hex[:6]}"
+
+
+def url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/ofp.v1.FeatureService/GetFeatures"
+
+
+def body_file(ctx: Context, keys: Iterable[int]) -> Path:
+    path = ctx.path("body").with_suffix(".bin")
+    message = workload.request_proto(workload.request_doc(keys)).SerializeToString()
+    path.write_bytes(workload.grpc_frame(message))
+    return path
+
+
+class RequestCheckError(RuntimeError):
+    """The request a load run would send is not answered OK: no figure is measured with it."""
+
+
+async def check_ok(port: int, keys: list[int], *, expect_keys: bool = True) -> None:
+    """Send the load run's request once with a real gRPC client; OK and keys present, or raise."""
+    request = workload.request_proto(workload.request_doc(keys))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        resp = await pb_grpc.FeatureServiceStub(channel).GetFeatures(  # type: ignore[no-untyped-call]
+            request, timeout=10
+        )
+    if resp.status != "OK":
+        raise RequestCheckError(f"status {resp.status!r}, not OK")
+    if expect_keys:
+        present = set(resp.snapshot.features.fields)
+        missing = [k for k in keys if f"flow_id:{k}" not in present]
+        if missing:
+            raise RequestCheckError(f"keys missing from the answer: {missing[:5]}")
+
+
+async def wait_ok(port: int, keys: list[int], proc: procs.Process, *, expect_keys: bool = True,
+                  timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await check_ok(port, keys, expect_keys=expect_keys)
+            return
+        except (grpc.RpcError, RequestCheckError) as exc:
+            if not proc.alive():
+                raise RuntimeError(f"process exited:\n{proc.tail()}") from exc
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no OK answer in {timeout_s}s: {exc}\n{proc.tail()}") from exc
+            await asyncio.sleep(0.2)
+
+
+@dataclass
+class Served:
+    port: int
+    server: procs.Process
+    dsn: str
+    bus: Path
+    events: int
+    ingest_s: float
+
+
+@asynccontextmanager
+async def served(ctx: Context, label: str, events: Callable[[], Iterable[tuple[int, int]]],
+                 *, partitions: int = 1) -> AsyncIterator[Served]:
+    """A fresh database filled by the real projector from a fresh bus, and ofp-server on it."""
+    name, dsn = await ctx.pg.create(label)
+    bus = ctx.path(f"bus-{label}")
+    try:
+        n = await asyncio.to_thread(workload.write_bus, bus, "a001", events(),
+                                    partitions=partitions)
+        ingest_s = await asyncio.to_thread(
+            procs.run_projector_once, dsn, bus, ctx.path(f"projector-{label}").with_suffix(".log")
+        )
+        port = procs.free_port()
+        server = procs.start_server(dsn, bus, port, ctx.path(f"server-{label}").with_suffix(".log"))
+        try:
+            await wait_ok(port, [1], server)
+            yield Served(port, server, dsn, bus, n, ingest_s)
+        finally:
+            server.stop()
+    finally:
+        await ctx.pg.drop(name)
+        shutil.rmtree(bus, ignore_errors=True)
+
+
+@asynccontextmanager
+async def echo(ctx: Context) -> AsyncIterator[tuple[int, procs.Process]]:
+    port = procs.free_port()
+    proc = procs.start_echo_server(port, ctx.path("echo").with_suffix(".log"))
+    try:
+        await wait_ok(port, [1], proc, expect_keys=False)
+        yield port, proc
+    finally:
+        proc.stop()
+
+
+def small_state() -> Iterable[tuple[int, int]]:
+    return workload.spread_keys(1, SMALL_STATE_KEYS)
+
+
+async def check_alive(port: int, keys: list[int], proc: procs.Process, *,
+                      expect_keys: bool = True) -> None:
+    """`check_ok`, naming the process's exit and log when it has died."""
+    try:
+        await check_ok(port, keys, expect_keys=expect_keys)
+    except grpc.RpcError as exc:
+        if not proc.alive():
+            raise RuntimeError(f"pid {proc.pid} exited {proc.popen.returncode} during the run:"
+                               f"\n{proc.tail()}") from exc
+        raise
+
+
+async def open_loop(ctx: Context, port: int, body: Path, keys: list[int], *, rate: float,
+                    clients: int, proc: procs.Process, expect_keys: bool = True
+                    ) -> h2load.OpenLoop:
+    await check_alive(port, keys, proc, expect_keys=expect_keys)
+    s = ctx.sizes
+    result = await asyncio.to_thread(
+        h2load.open_loop, url(port), body, rate=rate, clients=clients, duration_s=s.duration_s,
+        warmup_s=s.warmup_s, log_path=ctx.path("h2load").with_suffix(".tsv"),
+    )
+    if result.non_200:
+        raise h2load.H2loadFailedError(f"{result.non_200} responses were not HTTP 200")
+    return result
+
+
+def _clients_for(rate: float, wanted: int) -> int:
+    return max(1, min(wanted, int(rate)))
+
+
+# ---------------------------------------------------------------- 1 and 8b
+
+
+async def serving(ctx: Context) -> None:
+    s = ctx.sizes
+    sat = Figure("serving_saturation", "GetFeatures saturation (1 key x 1 group x 3 windows)",
+                 "req/s", ">= 0.5 x echo", sizes=f"{SMALL_STATE_KEYS:,} keys stored, "
+                 f"{s.sat_requests_features:,} requests/run (echo {s.sat_requests_echo:,}),"
+                 f" {s.sat_clients} conns x {s.sat_streams} streams")
+    rss = Figure("server_rss", "ofp-server RSS under saturation load (peak)", "MB", "<= 150 MB",
+                 sizes=sat.sizes)
+    echo_rps: list[float] = []
+    echo_peak = 0
+    async with served(ctx, "serving", small_state) as srv, echo(ctx) as (echo_port, echo_proc):
+        body = body_file(ctx, [1])
+        with procs.RssSampler(srv.server.pid) as server_rss:
+            for _ in range(s.repeats):
+                await check_alive(echo_port, [1], echo_proc, expect_keys=False)
+                with procs.RssSampler(echo_proc.pid) as e_rss:
+                    e = await asyncio.to_thread(
+                        h2load.closed_loop, url(echo_port), body, requests=s.sat_requests_echo,
+                        clients=s.sat_clients, streams=s.sat_streams)
+                echo_rps.append(e.req_per_s)
+                echo_peak = max(echo_peak, e_rss.peak)
+                await check_alive(srv.port, [1], srv.server)
+                r = await asyncio.to_thread(
+                    h2load.closed_loop, url(srv.port), body, requests=s.sat_requests_features,
+                    clients=s.sat_clients, streams=s.sat_streams)
+                sat.runs.append(r.req_per_s)
+                sat.command = r.command.replace(f":{srv.port}/", ":PORT/")
+        rss.runs = [server_rss.peak / MB]
+    sat.reference_value = statistics.median(echo_rps)
+    sat.reference = f"echo server {fmt(sat.reference_value)} req/s (runs: " \
+        f"{', '.join(fmt(x) for x in echo_rps)})"
+    ratio = sat.ratio
+    sat.met = ratio is not None and ratio >= 0.5
+    sat.measured_at = rss.measured_at = now_utc()
+    rss.reference_value = echo_peak / MB
+    rss.reference = f"echo server peak {fmt(rss.reference_value)} MB"
+    rss.met = rss.runs[0] <= 150
+    rss.command = "psutil RSS of the ofp-server process every 0.1 s during figure 1's runs"
+    ctx.figures += [sat, rss]
+
+
+# ---------------------------------------------------------------- 2 and 3
+
+
+async def _latency_vs_echo(ctx: Context, fig: Figure, keys: list[int], rate: float,
+                           clients: int, limit_ms: float) -> None:
+    s = ctx.sizes
+    echo_p99: list[float] = []
+    achieved: list[float] = []
+    async with served(ctx, fig.key, small_state) as srv, echo(ctx) as (echo_port, echo_proc):
+        body = body_file(ctx, keys)
+        for _ in range(s.repeats):
+            e = await open_loop(ctx, echo_port, body, keys, rate=rate, clients=clients,
+                                proc=echo_proc, expect_keys=False)
+            echo_p99.append(e.p99_ms)
+            r = await open_loop(ctx, srv.port, body, keys, rate=rate, clients=clients,
+                                proc=srv.server)
+            fig.runs.append(r.p99_ms)
+            achieved.append(r.achieved_rps)
+            fig.command = r.command.replace(f":{srv.port}/", ":PORT/")
+    fig.reference_value = statistics.median(echo_p99)
+    fig.reference = f"echo server p99 {fmt(fig.reference_value)} ms at the same rate and body"
+    fig.met = fig.value is not None and fig.value <= limit_ms
+    fig.notes = (f"achieved rate {', '.join(fmt(a) for a in achieved)} req/s (after"
+                 f" {s.warmup_s:g} s warm-up of {s.duration_s:g} s runs)")
+    fig.measured_at = now_utc()
+    ctx.figures.append(fig)
+
+
+async def p99_1k(ctx: Context) -> None:
+    s = ctx.sizes
+    fig = Figure("p99_1k", f"GetFeatures p99 at {fmt(s.p99_rate)} req/s open loop, 1 key",
+                 "ms", "<= 5 ms at 1,000 req/s",
+                 sizes=f"{SMALL_STATE_KEYS:,} keys stored, {s.duration_s:g} s per run")
+    await _latency_vs_echo(ctx, fig, [1], s.p99_rate, _clients_for(s.p99_rate, s.p99_clients),
+                           5.0)
+
+
+async def multikey(ctx: Context) -> None:
+    s = ctx.sizes
+    fig = Figure("multikey", f"GetFeatures p99, {s.multi_keys} keys per request, at"
+                 f" {fmt(s.multi_rate)} req/s", "ms", "<= 20 ms at 100 req/s",
+                 sizes=f"{SMALL_STATE_KEYS:,} keys stored, {s.duration_s:g} s per run")
+    keys = list(range(1, s.multi_keys + 1))
+    await _latency_vs_echo(ctx, fig, keys, s.multi_rate, _clients_for(s.multi_rate, 4), 20.0)
+
+
+# ---------------------------------------------------------------- 4
+
+
+async def hotkey(ctx: Context) -> None:
+    s = ctx.sizes
+    fig = Figure("hotkey", f"hot key ({s.hot_events:,} events in 7 d) p99 vs one-event key",
+                 "ms", "ratio <= 2", sizes=f"hot key {s.hot_events:,} events +"
+                 f" {SMALL_STATE_KEYS:,} one-event keys, {fmt(s.hot_rate)} req/s,"
+                 f" {s.duration_s:g} s per run")
+
+    def events() -> Iterable[tuple[int, int]]:
+        yield from small_state()
+        yield from workload.hot_key(HOT_KEY, s.hot_events)
+
+    cold: list[float] = []
+    clients = _clients_for(s.hot_rate, 4)
+    async with served(ctx, "hotkey", events) as srv:
+        hot_body, cold_body = body_file(ctx, [HOT_KEY]), body_file(ctx, [1])
+        for _ in range(s.repeats):
+            c = await open_loop(ctx, srv.port, cold_body, [1], rate=s.hot_rate, clients=clients,
+                                proc=srv.server)
+            cold.append(c.p99_ms)
+            h = await open_loop(ctx, srv.port, hot_body, [HOT_KEY], rate=s.hot_rate,
+                                clients=clients, proc=srv.server)
+            fig.runs.append(h.p99_ms)
+            fig.command = h.command.replace(f":{srv.port}/", ":PORT/")
+    fig.reference_value = statistics.median(cold)
+    fig.reference = (f"one-event key p99 {fmt(fig.reference_value)} ms (runs:"
+                     f" {', '.join(fmt(x) for x in cold)})")
+    fig.met = fig.ratio is not None and fig.ratio <= 2
+    fig.measured_at = now_utc()
+    ctx.figures.append(fig)
+
+
+# ---------------------------------------------------------------- 5
+
+
+async def state_size(ctx: Context) -> None:
+    s = ctx.sizes
+    fig = Figure("state_size", f"p50 of a 1-key request, {s.state_keys:,} keys stored vs"
+                 f" {SMALL_STATE_KEYS:,}", "ms", "ratio <= 1.2 (within 20%)",
+                 sizes=f"{s.state_keys:,} vs {SMALL_STATE_KEYS:,} one-event keys,"
+                 f" {fmt(s.state_rate)} req/s, {s.duration_s:g} s per run")
+    small_p50: list[float] = []
+    clients = _clients_for(s.state_rate, 4)
+    key = [SMALL_STATE_KEYS // 2]
+    async with (
+        served(ctx, "state_large", lambda: workload.spread_keys(1, s.state_keys),
+               partitions=s.ingest_partitions) as large,
+        served(ctx, "state_small", small_state) as small,
+    ):
+        body = body_file(ctx, key)
+        for _ in range(s.repeats):
+            r = await open_loop(ctx, small.port, body, key, rate=s.state_rate, clients=clients,
+                                proc=small.server)
+            small_p50.append(r.p50_ms)
+            r = await open_loop(ctx, large.port, body, key, rate=s.state_rate, clients=clients,
+                                proc=large.server)
+            fig.runs.append(r.p50_ms)
+            fig.command = r.command.replace(f":{large.port}/", ":PORT/")
+    fig.reference_value = statistics.median(small_p50)
+    fig.reference = (f"{SMALL_STATE_KEYS:,} keys: p50 {fmt(fig.reference_value)} ms (runs:"
+                     f" {', '.join(fmt(x) for x in small_p50)})")
+    fig.met = fig.ratio is not None and fig.ratio <= 1.2
+    fig.notes = (f"large state populated by the real `ofp-projector --once` from the file-bus"
+                 f" ({large.events:,} events, {s.ingest_partitions} partitions) in"
+                 f" {large.ingest_s:.1f} s = {fmt(large.events / large.ingest_s)} events/s")
+    fig.measured_at = now_utc()
+    ctx.figures.append(fig)
+
+
+# ---------------------------------------------------------------- 6 and 8a
+
+
+@dataclass
+class IngestRun:
+    events: int
+    wall_s: float
+    sustained_eps: float
+    progress: list[tuple[float, int]]
+    rss: list[tuple[float, int]]
+    partitions: list[Path]
+
+    def rss_growth(self) -> tuple[int, int, float]:
+        """(RSS at 10% progress, peak RSS after it, growth of the peak over it)."""
+        t10 = next((t for t, n in self.progress if n >= 0.1 * self.events), None)
+        after = [r for t, r in self.rss if t10 is not None and t >= t10]
+        if not after:
+            after = [r for _, r in self.rss] or [0]
+        base = after[0]
+        peak = max(after)
+        return base, peak, (peak - base) / base if base else 0.0
+
+
+async def _ingest(ctx: Context, label: str, n_events: int) -> tuple[IngestRun, str, str]:
+    """Generate, then drain with `ofp-projector --once` while sampling progress and RSS.
+
+    Returns the run and (database name, dsn); the caller drops the database.
+    """
+    s = ctx.sizes
+    name, dsn = await ctx.pg.create(label)
+    bus = ctx.path(f"bus-{label}")
+    n_keys = max(1, n_events // 20)
+    await asyncio.to_thread(workload.write_bus, bus, "b001",
+                            workload.ingest_events(n_events, n_keys),
+                            partitions=s.ingest_partitions)
+    progress: list[tuple[float, int]] = []
+    t0 = time.monotonic()
+    proc = procs.start_projector(dsn, bus, ctx.path(f"projector-{label}").with_suffix(".log"),
+                                 once=True)
+    with procs.RssSampler(proc.pid) as rss:
+        waiter = asyncio.ensure_future(asyncio.to_thread(proc.wait))
+        conn: asyncpg.Connection | None = None
+        while not waiter.done():
+            try:
+                if conn is None:
+                    conn = await asyncpg.connect(dsn)
+                done = await conn.fetchval(
+                    "SELECT coalesce(sum(next_offset), 0)::bigint FROM checkpoints"
+                    " WHERE to_regclass('checkpoints') IS NOT NULL")
+                progress.append((time.monotonic(), int(done)))
+            except asyncpg.PostgresError:
+                pass  # the schema is not migrated yet
+            await asyncio.wait([waiter], timeout=0.25)
+        rc = await waiter
+        end = time.monotonic()
+        if conn is not None:
+            await conn.close()
+    if rc != 0:
+        raise RuntimeError(f"ofp-projector exited {rc}:\n{proc.tail()}")
+    progress.append((end, n_events))
+    t10, n10 = next(((t, n) for t, n in progress if n >= 0.1 * n_events), (t0, 0))
+    t100 = next(t for t, n in progress if n >= n_events)
+    sustained = (n_events - n10) / (t100 - t10) if t100 > t10 else n_events / (end - t0)
+    files = sorted((bus / workload.TOPIC).glob("partition=*.jsonl"))
+    return IngestRun(n_events, end - t0, sustained, progress, rss.samples, files), name, dsn
+
+
+async def _raw_copy(dsn: str, files: list[Path]) -> float:
+    """Seconds to COPY the lines of `files` (one connection per file) into a plain table."""
+    setup = await asyncpg.connect(dsn)
+    try:
+        await setup.execute("DROP TABLE IF EXISTS bench_raw_events;"
+                            " CREATE TABLE bench_raw_events (line text NOT NULL)")
+    finally:
+        await setup.close()
+    conns = [await asyncpg.connect(dsn) for _ in files]
+    try:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(
+            c.copy_to_table("bench_raw_events", source=f, columns=["line"], format="text")
+            for c, f in zip(conns, files, strict=True)
+        ))
+        return time.perf_counter() - t0
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def ingest(ctx: Context) -> None:
+    s = ctx.sizes
+    fig = Figure("ingest", "projector ingest, file-bus -> Postgres (default policy, dedupe +"
+                 " checkpoints)", "events/s", ">= 40,000 events/s over >= 2,000,000",
+                 sizes=f"{s.ingest_events:,} events, {max(1, s.ingest_events // 20):,} keys,"
+                 f" {s.ingest_partitions} partitions, batch 2000 (default)",
+                 command="ofp-projector --once")
+    copy_eps: list[float] = []
+    walls: list[str] = []
+    for i in range(s.ingest_repeats):
+        run, name, dsn = await _ingest(ctx, f"ingest{i}", s.ingest_events)
+        try:
+            fig.runs.append(run.sustained_eps)
+            walls.append(f"{run.wall_s:.1f} s ({fmt(run.events / run.wall_s)} events/s)")
+            if i == 0:
+                for _ in range(s.copy_repeats):
+                    copy_eps.append(run.events / await _raw_copy(dsn, run.partitions))
+        finally:
+            await ctx.pg.drop(name)
+            for f in run.partitions:
+                shutil.rmtree(f.parent.parent, ignore_errors=True)
+    fig.reference_value = statistics.median(copy_eps)
+    fig.reference = (f"raw COPY of the same lines {fmt(fig.reference_value)} lines/s (runs:"
+                     f" {', '.join(fmt(x) for x in copy_eps)})")
+    fig.met = (fig.value is not None and fig.value >= 40_000
+               and s.ingest_events >= 2_000_000)
+    fig.notes = ("whole process incl. start-up and migration: " + "; ".join(walls)
+                 + (". Below the 2,000,000 events the target names, so not met by definition"
+                    if s.ingest_events < 2_000_000 else ""))
+    fig.measured_at = now_utc()
+    ctx.figures.append(fig)
+
+
+async def memory(ctx: Context) -> None:
+    s = ctx.sizes
+    fig = Figure("projector_rss", "projector RSS growth, 10% -> 100% of a long ingest", "%",
+                 "< 10% over 10,000,000 events",
+                 sizes=f"{s.memory_events:,} events, {max(1, s.memory_events // 20):,} keys,"
+                 f" {s.ingest_partitions} partitions", command="ofp-projector --once")
+    run, name, _ = await _ingest(ctx, "memory", s.memory_events)
+    await ctx.pg.drop(name)
+    for f in run.partitions:
+        shutil.rmtree(f.parent.parent, ignore_errors=True)
+    base, peak, growth = run.rss_growth()
+    fig.runs = [growth * 100]
+    fig.reference_value = None
+    fig.reference = f"RSS at 10% {fmt(base / MB)} MB, peak after it {fmt(peak / MB)} MB"
+    fig.met = growth < 0.10 and s.memory_events >= 10_000_000
+    final = run.rss[-1][1] if run.rss else 0
+    fig.notes = (f"{run.wall_s:.1f} s, {fmt(run.sustained_eps)} events/s sustained; RSS at exit"
+                 f" {fmt(final / MB)} MB; {len(run.rss)} samples"
+                 + ("; fewer events than the 10,000,000 the target names, so not met by"
+                    " definition" if s.memory_events < 10_000_000 else ""))
+    fig.measured_at = now_utc()
+    ctx.figures.append(fig)
+
+
+# ---------------------------------------------------------------- 7
+
+
+async def freshness(ctx: Context) -> None:
+    s = ctx.sizes
+    fig = Figure("freshness", "end-to-end freshness: line appended -> visible in GetFeatures",
+                 "ms (p99)", "<= 250 ms", sizes=f"{s.freshness_repeats} appends, 1 partition,"
+                 " follow mode, OFP_POLL_INTERVAL_MS=50 (default)",
+                 command="ofp-projector (follow) + ofp-server; Python grpc.aio poll loop")
+    name, dsn = await ctx.pg.create("freshness")
+    bus = ctx.path("bus-freshness")
+    workload.write_bus(bus, "f001", [(1, workload.BASE_US)])
+    part = bus / workload.TOPIC / "partition=0.jsonl"
+    port = procs.free_port()
+    projector = procs.start_projector(dsn, bus, ctx.path("projector-fresh").with_suffix(".log"),
+                                      once=False)
+    server = procs.start_server(dsn, bus, port, ctx.path("server-fresh").with_suffix(".log"))
+    samples: list[float] = []
+    rng = random.Random(7)
+    try:
+        await wait_ok(port, [1], server)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.FeatureServiceStub(channel)  # type: ignore[no-untyped-call]
+            for i in range(s.freshness_repeats):
+                key, ts = 50_000_000 + i, workload.BASE_US + 1 + i
+                request = workload.request_proto(workload.request_doc([key], ts))
+                _, line = next(workload.keyed_lines("f001", [(key, ts)], first_seq=i + 1))
+                t0 = time.perf_counter()
+                with part.open("a", encoding="ascii") as f:
+                    f.write(line)
+                while True:
+                    resp = await stub.GetFeatures(request, timeout=10)
+                    if resp.status != "OK":
+                        raise RequestCheckError(f"status {resp.status!r}")
+                    if f"flow_id:{key}" in resp.snapshot.features.fields:
+                        break
+                    if time.perf_counter() - t0 > 30:
+                        raise RuntimeError(f"key {key} not visible after 30 s:\n"
+                                           f"{projector.tail()}")
+                samples.append((time.perf_counter() - t0) * 1000)
+                await asyncio.sleep(rng.uniform(0, 0.06))
+    finally:
+        server.stop()
+        projector.stop()
+        await ctx.pg.drop(name)
+        shutil.rmtree(bus, ignore_errors=True)
+    ordered = sorted(samples)
+    fig.runs = [h2load.percentile(ordered, 99)]
+    fig.reference_value = 50.0
+    fig.reference = "projector poll interval 50 ms"
+    fig.met = fig.runs[0] <= 250
+    fig.notes = (f"p50 {fmt(h2load.percentile(ordered, 50))} ms, max {fmt(ordered[-1])} ms over"
+                 f" {len(ordered)} appends (one run: the p99 is over all appends)")
+    fig.measured_at = now_utc()
+    ctx.figures.append(fig)
+
+
+SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
+    "serving": serving,
+    "p99": p99_1k,
+    "multikey": multikey,
+    "hotkey": hotkey,
+    "state_size": state_size,
+    "ingest": ingest,
+    "freshness": freshness,
+    "memory": memory,
+}
+# Figure keys each scenario produces, in table order.
+FIGURES = {
+    "serving": ["serving_saturation", "server_rss"],
+    "p99": ["p99_1k"],
+    "multikey": ["multikey"],
+    "hotkey": ["hotkey"],
+    "state_size": ["state_size"],
+    "ingest": ["ingest"],
+    "freshness": ["freshness"],
+    "memory": ["projector_rss"],
+}
+ORDER = ["serving_saturation", "p99_1k", "multikey", "hotkey", "state_size", "ingest",
+         "freshness", "projector_rss", "server_rss"]

@@ -16,19 +16,11 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ofp.contracts.canonical import decimal_text
-from ofp.contracts.request import unstorable_text
+from ofp.contracts.request import PIN_NAMES, unstorable_text
 from ofp.contracts.schemas import envelope_errors
 from ofp.contracts.timefmt import parse_micros
 from ofp.policy import Policy
 
-PIN_FIELDS: tuple[str, ...] = (
-    "platform_run_id",
-    "scenario_run_id",
-    "scenario_id",
-    "manifest_fingerprint",
-    "parameter_hash",
-    "seed",
-)
 KNOWN_SCHEMA_MAJORS = frozenset({"1"})
 # Fields a producer may change on a retry of the same event; they are not part
 # of what "the same payload" means.
@@ -226,7 +218,7 @@ def classify(raw: bytes, policy: Policy, required_platform_run_id: str | None) -
     except ValueError as exc:
         return Quarantined(QuarantineReason.ENVELOPE_INVALID, f"ts_utc: {exc}", event_id)
 
-    missing = [p for p in PIN_FIELDS if p not in env]
+    missing = [p for p in PIN_NAMES if p not in env]
     if missing:
         return Quarantined(
             QuarantineReason.PINS_INVALID, f"missing pins: {', '.join(missing)}", event_id

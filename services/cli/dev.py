@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 
 from ofp.config import Settings
+from ofp.contracts.request import PIN_NAMES
 from ofp.contracts.timefmt import format_micros, parse_micros
 from ofp.policy import FeatureGroup, Policy, load_policy
 from ofp.store.db import create_pool
@@ -33,8 +34,6 @@ from .errors import EXIT_FAILED, EXIT_OK, CliError
 from .sample_stream import SAMPLE_PINS, write_sample_bus
 from .workloads import Projector, create_server, file_bus
 
-PIN_NAMES = ("platform_run_id", "scenario_run_id", "scenario_id",
-             "manifest_fingerprint", "parameter_hash", "seed")
 SCAN_LINES_PER_PARTITION = 20_000
 CATCH_UP_POLL_S = 0.1
 

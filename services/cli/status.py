@@ -18,10 +18,10 @@ import json
 from typing import Any
 
 from ofp.config import Settings
-from ofp.health import Thresholds, status_report
+from ofp.health import Thresholds
 from ofp.policy import PolicyError, load_policy
 from ofp.store.db import schema_version
-from ofp.store.status import read_status
+from ofp.store.status import read_status, report
 
 from .client import ClientTLS, RpcFailedError, get_status
 from .database import connect, resolve_dsn
@@ -46,14 +46,9 @@ async def collect(settings: Settings, *, stream: str | None = None) -> dict[str,
             facts = await read_status(conn, stream=topic)
     finally:
         await conn.close()
-    return status_report(
-        stream=facts.stream,
-        now_us=facts.now_us,
-        policy=facts.policy,
-        partitions=facts.partitions,
-        counters=facts.counters,
-        quarantine_open=facts.quarantine_open,
-        thresholds=Thresholds.from_settings(settings),
+    return report(
+        facts,
+        Thresholds.from_settings(settings),
     )
 
 

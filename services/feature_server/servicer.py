@@ -35,13 +35,13 @@ from ofp.contracts.request import (
 )
 from ofp.contracts.response_proto import response_proto
 from ofp.contracts.timefmt import format_micros
-from ofp.health import Thresholds, status_report
+from ofp.health import Thresholds
 from ofp.logs import get_logger
 from ofp.policy import Policy, policy_from_normalized
 from ofp.snapshot import assemble_snapshot, plan_read
 from ofp.store.db import is_transient
 from ofp.store.reads import SnapshotRow, active_groups, active_policy_content, read_snapshot
-from ofp.store.status import read_status
+from ofp.store.status import read_status, report
 
 from .metrics import ServerMetrics
 
@@ -177,16 +177,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         if stream is not None and not (0 < len(stream) <= 256 and unstorable_text(stream) is None):
             raise ContractError(ErrorCode.INVALID_REQUEST, "stream must be 1..256 characters")
         facts = await read_status(self.pool, stream=stream)
-        doc = status_report(
-            stream=facts.stream,
-            now_us=facts.now_us,
-            policy=facts.policy,
-            partitions=facts.partitions,
-            counters=facts.counters,
-            quarantine_open=facts.quarantine_open,
-            thresholds=self.thresholds,
-            request_id=request_id,
-        )
+        doc = report(facts, self.thresholds, request_id=request_id)
         response = pb.GetStatusResponse()
         json_format.ParseDict(doc, response)
         return response

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from ofp.health import PartitionFacts, PolicyFacts
+from ofp.health import PartitionFacts, PolicyFacts, Thresholds, status_report
 
 _US = "(extract(epoch FROM {col}) * 1000000)::bigint"
 
@@ -107,3 +107,20 @@ async def read_status(
         counters=counters,
         quarantine_open=int(row["quarantine_open"]),
     )
+
+
+def report(
+    facts: StatusFacts, thresholds: Thresholds, *, request_id: str | None = None
+) -> dict[str, Any]:
+    """The status document (GetStatusResponse JSON form) for what one read returned."""
+    return status_report(
+        stream=facts.stream,
+        now_us=facts.now_us,
+        policy=facts.policy,
+        partitions=facts.partitions,
+        counters=facts.counters,
+        quarantine_open=facts.quarantine_open,
+        thresholds=thresholds,
+        request_id=request_id,
+    )
+

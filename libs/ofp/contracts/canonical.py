@@ -7,6 +7,7 @@ the projector, the server and `ofp verify` can never disagree on a byte.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from decimal import Context, Decimal
@@ -37,9 +38,14 @@ def decimal_text(value: Decimal) -> str:
     """
     if value.is_zero():
         return "0"
-    # normalize() rounds to the context precision; give it every digit we have.
-    exact = Context(prec=max(len(value.as_tuple().digits), 1))
-    return format(value.normalize(exact), "f")
+    # normalize() rounds to the context precision: give it every digit we have
+    # (contexts are cached by precision; this runs for every sum served).
+    return format(value.normalize(_exact_context(len(value.as_tuple().digits))), "f")
+
+
+@functools.cache
+def _exact_context(digits: int) -> Context:
+    return Context(prec=max(digits, 1))
 
 
 def _reject_floats(obj: Any) -> None:

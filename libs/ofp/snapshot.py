@@ -61,6 +61,10 @@ def plan_read(req: ValidRequest, policy: Policy, group_ids: dict[tuple[str, str]
     values: list[ValueProbe] = []
     lasts: list[LastProbe] = []
     seen: set[tuple[str, str, str]] = set()
+    # A window's tiles and edges depend only on (as-of, duration): shared by all keys.
+    probes = {
+        w.duration_us: window_probe(req.as_of_us, w.duration_us) for g in groups for w in g.windows
+    }
     for key_type, key_id in req.keys:
         for g in groups:
             if g.key_type != key_type or (key_type, key_id, g.name) in seen:
@@ -70,7 +74,7 @@ def plan_read(req: ValidRequest, policy: Policy, group_ids: dict[tuple[str, str]
             slots = []
             for w in g.windows:
                 slots.append(len(values))
-                values.append(ValueProbe(gid, key_id, window_probe(req.as_of_us, w.duration_us)))
+                values.append(ValueProbe(gid, key_id, probes[w.duration_us]))
             lasts.append(LastProbe(gid, key_id, req.as_of_us - g.max_window_us, req.as_of_us))
             cells.append(Cell(key_type, key_id, g, tuple(slots), len(lasts) - 1))
     return ReadPlan(tuple(groups), tuple(cells), values, lasts)

@@ -47,7 +47,7 @@ protos: install
 h2load:
 	@command -v h2load >/dev/null 2>&1 || (apt-get update && apt-get install -y nghttp2-client)
 
-## make bench: the benchmark suite of issue 4; writes docs/benchmarks.md.
+## make bench: the benchmark suite; writes docs/benchmarks.md.
 ## Options go through BENCH_ARGS, e.g. make bench BENCH_ARGS='--quick' or '--only ingest'.
 bench: install h2load
 	$(PY) -m bench $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""OFP benchmark suite (issue 4): `python -m bench` writes docs/benchmarks.md.
+"""OFP benchmark suite: `python -m bench` writes docs/benchmarks.md.
 
 Every workload runs as a real process (`ofp-projector`, `ofp-server`) against
 a fresh database per scenario; gRPC load comes from `h2load`, and every figure

@@ -1,4 +1,4 @@
-"""The eight figures of issue 4, each measured against its reference in the same run."""
+"""The eight benchmark figures, each measured against its reference in the same run."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ class Settings:
     db_pool_max: int = 8
     # local runs without OFP_DATABASE_URL
     embedded_data_dir: str = ".ofp/pg"
-    # operations (issue 5): TLS / mTLS of the gRPC server, the plaintext health-only
+    # operations: TLS / mTLS of the gRPC server, the plaintext health-only
     # listener for kubelet probes, and the status health ladder (SPEC 4.6)
     tls_cert_path: str | None = None
     tls_key_path: str | None = None

@@ -2,7 +2,7 @@
 
 Benchmarks are not timed tests: nothing here asserts performance, only that
 `python -m bench --quick` runs every scenario against real processes and
-reports a number for each figure of issue 4.
+reports a number for each figure.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ofp.contracts.canonical import decimal_text
 from ofp.contracts.errors import ContractError, ErrorCode
 from ofp.contracts.hashing import basis_digest, snapshot_hash
 from ofp.contracts.request import ValidRequest
@@ -145,7 +144,7 @@ def assemble_snapshot(
         for w, slot in zip(cell.group.windows, cell.value_slots, strict=True):
             count, total = row.values.get(slot, (0, None))
             values[f"event_count_{w.name}"] = count
-            values[f"amount_sum_{w.name}"] = "0" if total is None else decimal_text(total)
+            values[f"amount_sum_{w.name}"] = "0" if total is None else total
             if req.as_of_us - last_us > w.ttl_us:
                 flags.add(FLAG_STALE_BY_TTL)
                 stale_groups.add(cell.group.name)

@@ -68,7 +68,9 @@ SELECT a.policy_id, a.revision, pol.content_digest, pol.run_config_digest,
        (SELECT min(max_event_us) FROM cp) AS watermark_us,
        (SELECT array_agg(slot ORDER BY slot) FROM vals) AS val_slots,
        (SELECT array_agg(n ORDER BY slot) FROM vals) AS val_counts,
-       (SELECT array_agg(s ORDER BY slot) FROM vals) AS val_sums,
+       -- trim_scale(): the canonical decimal text (no trailing fractional
+       -- zeros; numeric text never has an exponent), made by the database.
+       (SELECT array_agg(trim_scale(s)::text ORDER BY slot) FROM vals) AS val_sums,
        (SELECT array_agg(slot ORDER BY slot) FROM lasts) AS last_slots,
        (SELECT array_agg(last_us ORDER BY slot) FROM lasts) AS last_us
 FROM active_policy a
@@ -102,7 +104,7 @@ class SnapshotRow:
     offset_kinds: list[str]
     offsets: list[tuple[int, str]]  # (partition, exclusive-next offset) by partition
     watermark_us: int | None
-    values: dict[int, tuple[int, Decimal]]  # value slot -> (count, sum)
+    values: dict[int, tuple[int, str]]  # value slot -> (count, canonical decimal text of the sum)
     lasts: dict[int, int | None]  # last slot -> last ts_us within the window
 
 
@@ -154,7 +156,7 @@ async def read_snapshot(
         offsets=[(int(p), str(o)) for p, o in zip(partitions, offsets, strict=True)],
         watermark_us=row["watermark_us"],
         values={
-            int(s): (int(n), Decimal(v))
+            int(s): (int(n), str(v))
             for s, n, v in zip(val_slots, val_counts, val_sums, strict=True)
         },
         lasts={int(s): x for s, x in zip(last_slots, last_us, strict=True)},

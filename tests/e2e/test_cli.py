@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,38 +10,11 @@ import asyncpg
 import pytest
 
 from ofp.contracts.timefmt import format_micros
-from tests.support.harness import POLICY_PATH, project_once, running_server
+from tests.support.cli import cli_env, free_port, run_ofp
+from tests.support.harness import project_once, running_server
 from tests.support.streams import TOPIC, envelope, generate, pins
 
 pytestmark = pytest.mark.integration
-
-
-async def run_ofp(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    """`ofp ARGS` in a subprocess; asyncio, so the in-process server keeps serving meanwhile."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ofp_cli.main", *args,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("OFP_")}, **env},
-        cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-def cli_env(dsn: str, bus_root: Path, **extra: str) -> dict[str, str]:
-    return {
-        "OFP_DATABASE_URL": dsn,
-        "OFP_FILE_BUS_ROOT": str(bus_root),
-        "OFP_FEATURES_PATH": str(POLICY_PATH),
-        **extra,
-    }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def get_features_args(port: int, as_of_us: int, keys: list[str]) -> list[str]:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli import cli_env, free_port, run_ofp
 from tests.e2e.test_workloads import _env, _script
+from tests.support.cli import cli_env, free_port, run_ofp
 from tests.support.streams import generate
 
 PASSWORD = "Pw-d0-not-leak-7f3a"

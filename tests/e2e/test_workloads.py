@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.e2e.test_cli import cli_env, free_port
+from tests.support.cli import cli_env, free_port
 from tests.support.streams import generate
 
 

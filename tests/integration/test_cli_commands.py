@@ -3,10 +3,7 @@ against a real PostgreSQL, reading a generated stream with a known truth."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,31 +12,12 @@ import asyncpg
 import pytest
 
 from ofp.store.db import create_pool
+from tests.support.cli import cli_env, run_ofp
 from tests.support.db import with_database
-from tests.support.harness import POLICY_PATH, project_once
+from tests.support.harness import project_once
 from tests.support.streams import TOPIC, generate
 
 pytestmark = pytest.mark.integration
-
-
-async def run_ofp(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    """`ofp ARGS` in a subprocess (asyncio, so an in-process server would keep serving)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ofp_cli.main", *args,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("OFP_")}, **env},
-        cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-def cli_env(dsn: str, bus_root: Path) -> dict[str, str]:
-    return {
-        "OFP_DATABASE_URL": dsn,
-        "OFP_FILE_BUS_ROOT": str(bus_root),
-        "OFP_FEATURES_PATH": str(POLICY_PATH),
-    }
 
 
 async def checkpoints(dsn: str) -> dict[int, int]:

@@ -19,7 +19,7 @@ import pytest
 from ofp.store.leases import LeaseManager
 from ofp.store.writes import Fence, LeaseLostError, apply_batch, ensure_partitions
 from ofp_projector.projector import Projector
-from tests.e2e.test_cli import cli_env
+from tests.support.cli import cli_env
 from tests.support.harness import default_policy, get_features, project_once, running_server
 from tests.support.harness import settings as make_settings
 from tests.support.streams import TOPIC, Stream, generate, pins

@@ -13,21 +13,13 @@ import pytest
 from ofp.contracts.errors import ErrorCode
 from tests.support.harness import project_once, request_proto, running_server
 from tests.support.rich_errors import rich_error
-from tests.support.streams import BASE_US, HOUR_US, format_micros, generate, pins
+from tests.support.streams import generate, one_key_request
 
 pytestmark = pytest.mark.integration
 
 
 def request(**changes: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "pins": pins("A"),
-        "as_of_time_utc": format_micros(BASE_US + 4 * 24 * HOUR_US),
-        "feature_keys": [{"key_type": "flow_id", "key_id": "1"}],
-        "feature_groups": [{"name": "core_features", "version": "v1"}],
-        "request_id": "lim-1",
-    }
-    doc.update(changes)
-    return doc
+    return one_key_request("lim-1", **changes)
 
 
 async def test_server_deadline_answers_unavailable_retryable_when_the_read_blocks(

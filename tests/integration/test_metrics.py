@@ -20,7 +20,7 @@ from ofp.api.v1 import feature_service_pb2 as pb
 from ofp.metrics_http import serve_metrics
 from ofp_projector.observability import ProjectorMetrics, start_http
 from tests.support.harness import project_once, request_proto, running_server
-from tests.support.streams import BASE_US, HOUR_US, format_micros, generate, pins
+from tests.support.streams import generate, one_key_request
 
 pytestmark = pytest.mark.integration
 
@@ -55,15 +55,7 @@ def assert_no_id_labels(found: dict[Any, float]) -> None:
 
 
 def request(**changes: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "pins": pins("A"),
-        "as_of_time_utc": format_micros(BASE_US + 4 * 24 * HOUR_US),
-        "feature_keys": [{"key_type": "flow_id", "key_id": "1"}],
-        "feature_groups": [{"name": "core_features", "version": "v1"}],
-        "request_id": "m-1",
-    }
-    doc.update(changes)
-    return doc
+    return one_key_request("m-1", **changes)
 
 
 async def test_server_metrics_count_latency_codes_and_freshness_when_scraped(

@@ -221,3 +221,16 @@ def interesting_as_of(truth: list[TruthEvent], rng: random.Random, n: int = 12) 
         d = rng.choice(list(WINDOWS_US.values()))
         picks += [t, t - 1, t + d, t + d - 1, t + rng.randrange(0, HOUR_US)]
     return sorted(set(picks))
+
+
+def one_key_request(request_id: str, /, **changes: Any) -> dict[str, Any]:
+    """A valid GetFeatures request (JSON form) for key 1 of run A, four days into the data."""
+    doc: dict[str, Any] = {
+        "pins": pins("A"),
+        "as_of_time_utc": format_micros(BASE_US + 4 * 24 * HOUR_US),
+        "feature_keys": [{"key_type": "flow_id", "key_id": "1"}],
+        "feature_groups": [{"name": "core_features", "version": "v1"}],
+        "request_id": request_id,
+    }
+    doc.update(changes)
+    return doc

@@ -16,8 +16,8 @@ from ofp.contracts.hashing import basis_digest, snapshot_hash
 from ofp.contracts.request import ValidRequest
 from ofp.contracts.timefmt import format_micros
 from ofp.policy import FeatureGroup, Policy
-from ofp.store.reads import LastProbe, SnapshotRow, ValueProbe
-from ofp.windows import window_probe
+from ofp.store.reads import ReadProbes, SnapshotRow
+from ofp.windows import WindowProbe, window_probe
 
 FLAG_STALE_INPUT_BASIS = "STALE_INPUT_BASIS"
 FLAG_MISSING_FEATURE_STATE = "MISSING_FEATURE_STATE"
@@ -26,21 +26,20 @@ FLAG_STALE_BY_TTL = "STALE_BY_TTL"
 
 @dataclass(frozen=True, slots=True)
 class Cell:
-    """One (key, group) pair the request asks for, and where its probes sit."""
+    """One (key, group) pair the request asks for, and where its values sit in the row."""
 
     key_type: str
     key_id: str
     group: FeatureGroup
-    value_slots: tuple[int, ...]  # one per window, in group.windows order
-    last_slot: int
+    index: int  # position in ReadProbes.cells
+    windows: tuple[int, ...]  # index into ReadProbes.windows, one per window of the group
 
 
 @dataclass(frozen=True, slots=True)
 class ReadPlan:
     groups: tuple[FeatureGroup, ...]  # requested groups, sorted by (name, version)
     cells: tuple[Cell, ...]
-    values: list[ValueProbe]
-    lasts: list[LastProbe]
+    probes: ReadProbes
 
 
 def plan_read(req: ValidRequest, policy: Policy, group_ids: dict[tuple[str, str], int]) -> ReadPlan:
@@ -56,27 +55,37 @@ def plan_read(req: ValidRequest, policy: Policy, group_ids: dict[tuple[str, str]
             )
         groups.append(g)
     groups.sort(key=lambda g: (g.name, g.version))
-    cells: list[Cell] = []
-    values: list[ValueProbe] = []
-    lasts: list[LastProbe] = []
-    seen: set[tuple[str, str, str]] = set()
     # A window's tiles and edges depend only on (as-of, duration): shared by all keys.
-    probes = {
-        w.duration_us: window_probe(req.as_of_us, w.duration_us) for g in groups for w in g.windows
-    }
+    window_index: dict[int, int] = {}
+    windows: list[WindowProbe] = []
+    group_windows: list[tuple[int, int]] = []
+    last_from: list[tuple[int, int]] = []
+    group_slots: dict[str, tuple[int, tuple[int, ...]]] = {}
+    for g in groups:
+        gid = group_ids[(g.name, g.version)]
+        slots = []
+        for w in g.windows:
+            i = window_index.get(w.duration_us)
+            if i is None:
+                i = window_index[w.duration_us] = len(windows)
+                windows.append(window_probe(req.as_of_us, w.duration_us))
+            slots.append(i)
+            group_windows.append((gid, i))
+        last_from.append((gid, req.as_of_us - g.max_window_us))
+        group_slots[g.name] = (gid, tuple(slots))
+    cells: list[Cell] = []
+    cell_keys: list[tuple[int, str]] = []
+    seen: set[tuple[str, str, str]] = set()
     for key_type, key_id in req.keys:
         for g in groups:
             if g.key_type != key_type or (key_type, key_id, g.name) in seen:
                 continue
             seen.add((key_type, key_id, g.name))
-            gid = group_ids[(g.name, g.version)]
-            slots = []
-            for w in g.windows:
-                slots.append(len(values))
-                values.append(ValueProbe(gid, key_id, probes[w.duration_us]))
-            lasts.append(LastProbe(gid, key_id, req.as_of_us - g.max_window_us, req.as_of_us))
-            cells.append(Cell(key_type, key_id, g, tuple(slots), len(lasts) - 1))
-    return ReadPlan(tuple(groups), tuple(cells), values, lasts)
+            gid, wins = group_slots[g.name]
+            cells.append(Cell(key_type, key_id, g, len(cell_keys), wins))
+            cell_keys.append((gid, key_id))
+    probes = ReadProbes(windows, cell_keys, group_windows, last_from, req.as_of_us)
+    return ReadPlan(tuple(groups), tuple(cells), probes)
 
 
 def check_row(req: ValidRequest, plan: ReadPlan, row: SnapshotRow) -> None:
@@ -135,14 +144,14 @@ def assemble_snapshot(
             missing_keys.add(f"{key_type}:{key_id}")
     for cell in plan.cells:
         label = f"{cell.key_type}:{cell.key_id}"
-        last_us = row.lasts.get(cell.last_slot)
+        last_us = row.lasts.get(cell.index)
         if last_us is None:
             missing_keys.add(label)
             continue
         present_groups.add(cell.group.name)
         values: dict[str, Any] = {}
-        for w, slot in zip(cell.group.windows, cell.value_slots, strict=True):
-            count, total = row.values.get(slot, (0, None))
+        for w, win in zip(cell.group.windows, cell.windows, strict=True):
+            count, total = row.values.get((cell.index, win), (0, None))
             values[f"event_count_{w.name}"] = count
             values[f"amount_sum_{w.name}"] = "0" if total is None else total
             if req.as_of_us - last_us > w.ttl_us:
@@ -180,5 +189,6 @@ def assemble_snapshot(
             "missing_feature_keys": sorted(missing_keys),
         },
     }
-    snapshot["snapshot_hash"] = snapshot_hash(snapshot)
+    # Built above from integers and strings only: no float walk needed.
+    snapshot["snapshot_hash"] = snapshot_hash(snapshot, floats_checked=True)
     return snapshot

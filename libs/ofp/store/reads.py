@@ -21,16 +21,31 @@ WITH scope AS (
     WHERE platform_run_id = $2 AND scenario_run_id = $3 AND scenario_id = $4
       AND manifest_fingerprint = $5 AND parameter_hash = $6 AND seed = $7
 ),
+-- The distinct windows of the request: their bounds depend only on (as-of,
+-- duration), so every key shares them and the parameters stay small.
+win AS (
+    SELECT (w.ord - 1)::integer AS win, w.lo_us, w.hi_us, w.edge_lo_end_us, w.tile_from_us,
+           w.tile_to_us, w.edge_hi_start_us
+    FROM unnest($8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[],
+                $13::bigint[])
+        WITH ORDINALITY AS w(lo_us, hi_us, edge_lo_end_us, tile_from_us, tile_to_us,
+                             edge_hi_start_us, ord)
+),
+-- One cell per (group, key) asked for.
+cell AS (
+    SELECT (c.ord - 1)::integer AS cell, c.group_id, c.key_id
+    FROM unnest($14::smallint[], $15::text[]) WITH ORDINALITY AS c(group_id, key_id, ord)
+),
+-- Which windows each group has.
 probe AS (
-    SELECT * FROM unnest($8::integer[], $9::smallint[], $10::text[], $11::bigint[],
-                         $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[],
-                         $16::bigint[])
-        AS p(slot, group_id, key_id, lo_us, hi_us, edge_lo_end_us, tile_from_us,
-             tile_to_us, edge_hi_start_us)
+    SELECT c.cell, c.group_id, c.key_id, w.*
+    FROM unnest($16::smallint[], $17::integer[]) AS gw(group_id, win)
+    JOIN cell c ON c.group_id = gw.group_id
+    JOIN win w ON w.win = gw.win
 ),
 vals AS (
-    SELECT p.slot,
-           coalesce(t.n, 0) + e1.n + e2.n AS n,
+    SELECT p.cell, p.win,
+           (coalesce(t.n, 0) + e1.n + e2.n)::bigint AS n,
            coalesce(t.s, 0) + coalesce(e1.s, 0) + coalesce(e2.s, 0) AS s
     FROM probe p CROSS JOIN scope sc
     CROSS JOIN LATERAL (
@@ -46,13 +61,14 @@ vals AS (
         WHERE e.scope_id = sc.scope_id AND e.group_id = p.group_id AND e.key_id = p.key_id
           AND e.ts_us >= p.edge_hi_start_us AND e.ts_us <= p.hi_us) e2
 ),
+-- The latest event of each cell within its group's longest window, (lo, $20].
 lasts AS (
-    SELECT l.slot, (
+    SELECT c.cell, (
         SELECT max(e.ts_us) FROM feature_events e
-        WHERE e.scope_id = sc.scope_id AND e.group_id = l.group_id AND e.key_id = l.key_id
-          AND e.ts_us > l.lo_us AND e.ts_us <= l.hi_us) AS last_us
-    FROM unnest($17::integer[], $18::smallint[], $19::text[], $20::bigint[], $21::bigint[])
-        AS l(slot, group_id, key_id, lo_us, hi_us)
+        WHERE e.scope_id = sc.scope_id AND e.group_id = c.group_id AND e.key_id = c.key_id
+          AND e.ts_us > lg.lo_us AND e.ts_us <= $20) AS last_us
+    FROM cell c
+    JOIN unnest($18::smallint[], $19::bigint[]) AS lg(group_id, lo_us) ON lg.group_id = c.group_id
     CROSS JOIN scope sc
 ),
 cp AS (
@@ -66,31 +82,34 @@ SELECT a.policy_id, a.revision, pol.content_digest, pol.run_config_digest,
        (SELECT array_agg(partition ORDER BY partition) FROM cp) AS partitions,
        (SELECT array_agg(next_offset::text ORDER BY partition) FROM cp) AS offsets,
        (SELECT min(max_event_us) FROM cp) AS watermark_us,
-       (SELECT array_agg(slot ORDER BY slot) FROM vals) AS val_slots,
-       (SELECT array_agg(n ORDER BY slot) FROM vals) AS val_counts,
+       (SELECT array_agg(cell ORDER BY cell, win) FROM vals) AS val_cells,
+       (SELECT array_agg(win ORDER BY cell, win) FROM vals) AS val_wins,
+       (SELECT array_agg(n ORDER BY cell, win) FROM vals) AS val_counts,
        -- trim_scale(): the canonical decimal text (no trailing fractional
        -- zeros; numeric text never has an exponent), made by the database.
-       (SELECT array_agg(trim_scale(s)::text ORDER BY slot) FROM vals) AS val_sums,
-       (SELECT array_agg(slot ORDER BY slot) FROM lasts) AS last_slots,
-       (SELECT array_agg(last_us ORDER BY slot) FROM lasts) AS last_us
+       (SELECT array_agg(trim_scale(s)::text ORDER BY cell, win) FROM vals) AS val_sums,
+       (SELECT array_agg(cell ORDER BY cell) FROM lasts) AS last_cells,
+       (SELECT array_agg(last_us ORDER BY cell) FROM lasts) AS last_us
 FROM active_policy a
 JOIN policies pol USING (policy_id, revision)
 """
 
 
 @dataclass(frozen=True, slots=True)
-class ValueProbe:
-    group_id: int
-    key_id: str
-    window: WindowProbe
+class ReadProbes:
+    """What one snapshot read sums, in the statement's parameter layout.
 
+    `windows` are the request's distinct windows; `cells` the (group id, key id)
+    pairs asked for; `group_windows` which windows (indexes into `windows`) each
+    group has; `last_from` the exclusive lower bound of each group's
+    last-event search, whose upper bound is `as_of_us`.
+    """
 
-@dataclass(frozen=True, slots=True)
-class LastProbe:
-    group_id: int
-    key_id: str
-    lo_us: int  # exclusive
-    hi_us: int  # inclusive
+    windows: list[WindowProbe]
+    cells: list[tuple[int, str]]
+    group_windows: list[tuple[int, int]]
+    last_from: list[tuple[int, int]]
+    as_of_us: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +123,9 @@ class SnapshotRow:
     offset_kinds: list[str]
     offsets: list[tuple[int, str]]  # (partition, exclusive-next offset) by partition
     watermark_us: int | None
-    values: dict[int, tuple[int, str]]  # value slot -> (count, canonical decimal text of the sum)
-    lasts: dict[int, int | None]  # last slot -> last ts_us within the window
+    # (cell, window) -> (count, canonical decimal text of the sum)
+    values: dict[tuple[int, int], tuple[int, str]]
+    lasts: dict[int, int | None]  # cell -> last ts_us within its group's longest window
 
 
 async def read_snapshot(
@@ -113,37 +133,37 @@ async def read_snapshot(
     *,
     stream: str,
     pins: tuple[str, str, str, str, str, int],
-    values: list[ValueProbe],
-    lasts: list[LastProbe],
+    probes: ReadProbes,
 ) -> SnapshotRow | None:
     """None when no policy is active yet."""
-    args: list[Any] = [stream, *pins[:5], Decimal(pins[5])]
-    args += [
-        list(range(len(values))),
-        [v.group_id for v in values],
-        [v.key_id for v in values],
-        [v.window.lo_us for v in values],
-        [v.window.hi_us for v in values],
-        [v.window.edge_lo_end_us for v in values],
-        [v.window.tile_from_us for v in values],
-        [v.window.tile_to_us for v in values],
-        [v.window.edge_hi_start_us for v in values],
-        list(range(len(lasts))),
-        [x.group_id for x in lasts],
-        [x.key_id for x in lasts],
-        [x.lo_us for x in lasts],
-        [x.hi_us for x in lasts],
-    ]
-    row = await conn.fetchrow(SNAPSHOT_SQL, *args)
+    w = probes.windows
+    row = await conn.fetchrow(
+        SNAPSHOT_SQL,
+        stream, *pins[:5], Decimal(pins[5]),
+        [x.lo_us for x in w],
+        [x.hi_us for x in w],
+        [x.edge_lo_end_us for x in w],
+        [x.tile_from_us for x in w],
+        [x.tile_to_us for x in w],
+        [x.edge_hi_start_us for x in w],
+        [c[0] for c in probes.cells],
+        [c[1] for c in probes.cells],
+        [g[0] for g in probes.group_windows],
+        [g[1] for g in probes.group_windows],
+        [g[0] for g in probes.last_from],
+        [g[1] for g in probes.last_from],
+        probes.as_of_us,
+    )
     if row is None:
         return None
     partitions = row["partitions"] or []
     offsets = row["offsets"] or []
     # array_agg over no rows is NULL, not an empty array.
-    val_slots = row["val_slots"] or []
+    val_cells = row["val_cells"] or []
+    val_wins = row["val_wins"] or []
     val_counts = row["val_counts"] or []
     val_sums = row["val_sums"] or []
-    last_slots = row["last_slots"] or []
+    last_cells = row["last_cells"] or []
     last_us = row["last_us"] or []
     return SnapshotRow(
         policy_id=row["policy_id"],
@@ -156,10 +176,10 @@ async def read_snapshot(
         offsets=[(int(p), str(o)) for p, o in zip(partitions, offsets, strict=True)],
         watermark_us=row["watermark_us"],
         values={
-            int(s): (int(n), str(v))
-            for s, n, v in zip(val_slots, val_counts, val_sums, strict=True)
+            (c, w): (n, v)
+            for c, w, n, v in zip(val_cells, val_wins, val_counts, val_sums, strict=True)
         },
-        lasts={int(s): x for s, x in zip(last_slots, last_us, strict=True)},
+        lasts=dict(zip(last_cells, last_us, strict=True)),
     )
 
 

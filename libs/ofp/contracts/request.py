@@ -73,18 +73,85 @@ def _messages(msg: Message) -> Iterator[Message]:
             yield from _messages(value)
 
 
-def request_to_json(msg: feature_service_pb2.GetFeaturesRequest) -> dict[str, Any]:
-    """The JSON form of a proto request, with `pins.seed` back as an int.
+def _field_names(message_class: Any) -> frozenset[str]:
+    return frozenset(f.name for f in message_class.DESCRIPTOR.fields)
 
-    A message carrying fields this contract does not know (a newer or foreign client)
-    is refused: unknown fields are rejected, never silently dropped.
+
+_PIN_FIELDS = (*PIN_NAMES, "run_id")
+# The direct conversion below knows these messages field by field. It is used
+# only while the generated messages have exactly these fields, so a contract
+# change can never be dropped silently: it falls back to MessageToDict.
+_DIRECT = (
+    _field_names(feature_service_pb2.GetFeaturesRequest)
+    == {"pins", "as_of_time_utc", "feature_keys", "feature_groups", "graph_resolution_mode",
+        "request_id"}
+    and _field_names(feature_service_pb2.ContextPins) == set(_PIN_FIELDS)
+    and _field_names(feature_service_pb2.FeatureKey) == {"key_type", "key_id"}
+    and _field_names(feature_service_pb2.FeatureGroupRef) == {"name", "version"}
+)
+
+
+def request_to_json(msg: feature_service_pb2.GetFeaturesRequest) -> dict[str, Any]:
+    """The JSON form of a proto request, with `pins.seed` as an int.
+
+    Equal to `MessageToDict(msg, preserving_proto_field_name=True)` with the seed read
+    back as a number (tests/unit/test_request_validation.py proves it), built field by
+    field: this runs for every request, and the generic printer costs more than the
+    rest of validation. A message carrying fields this contract does not know (a
+    newer or foreign client) is refused: unknown fields are rejected, never dropped.
     """
+    if not _DIRECT:
+        return _request_to_json_generic(msg)
+    if len(UnknownFieldSet(msg)):
+        _refuse_unknown(msg)
+    doc: dict[str, Any] = {}
+    if msg.HasField("pins"):
+        pins = msg.pins
+        if len(UnknownFieldSet(pins)):
+            _refuse_unknown(msg)
+        doc["pins"] = {name: getattr(pins, name) for name in _PIN_FIELDS if pins.HasField(name)}
+    if msg.HasField("as_of_time_utc"):
+        doc["as_of_time_utc"] = msg.as_of_time_utc
+    if msg.feature_keys:
+        keys = []
+        for k in msg.feature_keys:
+            if len(UnknownFieldSet(k)):
+                _refuse_unknown(msg)
+            if k.HasField("key_type") and k.HasField("key_id"):
+                keys.append({"key_type": k.key_type, "key_id": k.key_id})
+            else:
+                keys.append(
+                    {name: getattr(k, name) for name in ("key_type", "key_id") if k.HasField(name)}
+                )
+        doc["feature_keys"] = keys
+    if msg.feature_groups:
+        groups = []
+        for g in msg.feature_groups:
+            if len(UnknownFieldSet(g)):
+                _refuse_unknown(msg)
+            groups.append(
+                {name: getattr(g, name) for name in ("name", "version") if g.HasField(name)}
+            )
+        doc["feature_groups"] = groups
+    if msg.HasField("graph_resolution_mode"):
+        doc["graph_resolution_mode"] = msg.graph_resolution_mode
+    if msg.HasField("request_id"):
+        doc["request_id"] = msg.request_id
+    return doc
+
+
+def _refuse_unknown(msg: Message) -> None:
+    """Raise INVALID_REQUEST naming the first message with unknown fields (if any)."""
     for part in _messages(msg):
         unknown = UnknownFieldSet(part)
         if len(unknown):
             numbers = sorted({field.field_number for field in unknown})
             where = part.DESCRIPTOR.name
             raise _invalid(f"{where}: unknown field number(s) {numbers}")
+
+
+def _request_to_json_generic(msg: feature_service_pb2.GetFeaturesRequest) -> dict[str, Any]:
+    _refuse_unknown(msg)
     doc: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
     pins = doc.get("pins")
     if isinstance(pins, dict) and isinstance(pins.get("seed"), str):
@@ -111,9 +178,12 @@ def validate_request_json(
     error = first_error(GET_FEATURES_REQUEST, doc)
     if error is not None:
         raise _invalid(error)
-    bad_text = unstorable_text(doc)
-    if bad_text is not None:
-        raise _invalid(f"{bad_text}: contains a NUL character or an unpaired surrogate")
+    # One C pass over all the request's text; the walk that names the field
+    # runs only when something is wrong.
+    if not storable_text("".join(_request_texts(doc))):
+        bad_text = unstorable_text(doc)
+        if bad_text is not None:
+            raise _invalid(f"{bad_text}: contains a NUL character or an unpaired surrogate")
 
     # The schema has passed: every shape below is as declared.
     try:
@@ -147,16 +217,40 @@ def validate_request_json(
     )
 
 
+def _request_texts(doc: dict[str, Any]) -> Iterator[str]:
+    """Every string of a request that passed the schema (so its shape is known)."""
+    for value in doc["pins"].values():
+        if isinstance(value, str):
+            yield value
+    yield doc["as_of_time_utc"]
+    for k in doc["feature_keys"]:
+        yield k["key_type"]
+        yield k["key_id"]
+    for g in doc["feature_groups"]:
+        yield g["name"]
+        yield g["version"]
+    for name in ("graph_resolution_mode", "request_id"):
+        if name in doc:
+            yield doc[name]
+
+
+def storable_text(text: str) -> bool:
+    """True when `text` fits a PostgreSQL text column: no NUL, no unpaired surrogate."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def unstorable_text(value: Any, path: str = "") -> str | None:
     """Path of the first string that is not storable text (NUL, unpaired surrogate), or None."""
     if isinstance(value, str):
-        if "\x00" in value:
-            return path or "value"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path or "value"
-        return None
+        return None if storable_text(value) else (path or "value")
     if isinstance(value, dict):
         for k, v in value.items():
             found = unstorable_text(v, f"{path}.{k}" if path else str(k))

@@ -13,13 +13,42 @@ import json
 from decimal import Context, Decimal
 from typing import Any
 
+import orjson
 
-def canonical_json(obj: Any) -> bytes:
-    """Serialise `obj` canonically; refuses floats (decimals travel as strings)."""
-    _reject_floats(obj)
+
+def canonical_json(obj: Any, *, floats_checked: bool = False) -> bytes:
+    """Serialise `obj` canonically; refuses floats (decimals travel as strings).
+
+    `floats_checked=True` skips the walk that refuses floats, for documents the
+    caller built from integers and strings only (the server's snapshots).
+    """
+    if not floats_checked:
+        _reject_floats(obj)
+    fast = orjson_canonical(obj)
+    if fast is not None:
+        return fast
     return json.dumps(
         obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
     ).encode("ascii")
+
+
+def orjson_canonical(obj: Any, default: Any = None) -> bytes | None:
+    """`obj` in canonical form by orjson, or None when orjson's bytes could differ.
+
+    orjson sorts keys by code point and escapes like the standard library for
+    printable ASCII; it differs on everything else (non-ASCII is written as
+    UTF-8, DEL raw, integers beyond 64 bits refused). So its output counts
+    only when it is printable ASCII without DEL; otherwise the caller uses the
+    standard library encoder, which defines the canonical form.
+    tests/unit/test_canonical.py checks the two agree on arbitrary documents.
+    """
+    try:
+        out = orjson.dumps(obj, default=default, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    if out.isascii() and b"\x7f" not in out:
+        return out
+    return None
 
 
 def sha256_hex(data: bytes) -> str:

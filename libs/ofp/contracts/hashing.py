@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ofp.contracts.canonical import digest
+from ofp.contracts.canonical import canonical_json, digest, sha256_hex
 
 HASHED_FIELDS: tuple[str, ...] = (
     "pins",
@@ -28,9 +28,13 @@ def basis_digest(stream: str, offset_kind: str, offsets: list[dict[str, Any]]) -
     return digest({"stream": stream, "offset_kind": offset_kind, "offsets": offsets})
 
 
-def snapshot_hash(snapshot: dict[str, Any]) -> str:
-    """Hash of the hashed fields of a snapshot in its JSON form (graph_version null when unused)."""
-    return digest({name: snapshot.get(name) for name in HASHED_FIELDS})
+def snapshot_hash(snapshot: dict[str, Any], *, floats_checked: bool = False) -> str:
+    """Hash of the hashed fields of a snapshot in its JSON form (graph_version null when unused).
+
+    `floats_checked`: the caller built the snapshot from integers and strings only.
+    """
+    body = {name: snapshot.get(name) for name in HASHED_FIELDS}
+    return sha256_hex(canonical_json(body, floats_checked=floats_checked))
 
 
 def normalize_json_snapshot(snapshot: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,8 @@ freshness state and flag): never a request id, key, pin or hash.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # GetFeatures is a few milliseconds of an 800 ms p99 budget (SPEC 6): fine buckets low.
@@ -50,12 +52,34 @@ class ServerMetrics:
         for state in ("GREEN", "AMBER", "RED"):  # exported at 0 before the first answer
             self.freshness.labels(state=state)
 
+        # Children by label values: `labels()` costs a lock and a tuple build per
+        # call, on every RPC; the label sets are small and closed.
+        self._requests: dict[tuple[str, str, str], Any] = {}
+        self._latency: dict[str, Any] = {}
+        self._states: dict[str, Any] = {}
+        self._flags: dict[str, Any] = {}
+
     def rpc_finished(self, *, method: str, code: str, grpc_code: str, duration_s: float) -> None:
-        self.requests.labels(method=method, code=code, grpc_code=grpc_code).inc()
+        key = (method, code, grpc_code)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(
+                method=method, code=code, grpc_code=grpc_code
+            )
+        child.inc()
         if method == "GetFeatures":
-            self.get_features_seconds.labels(code=code).observe(duration_s)
+            latency = self._latency.get(code)
+            if latency is None:
+                latency = self._latency[code] = self.get_features_seconds.labels(code=code)
+            latency.observe(duration_s)
 
     def snapshot_served(self, *, state: str, flags: list[str]) -> None:
-        self.freshness.labels(state=state).inc()
+        child = self._states.get(state)
+        if child is None:
+            child = self._states[state] = self.freshness.labels(state=state)
+        child.inc()
         for flag in flags:
-            self.freshness_flags.labels(flag=flag).inc()
+            counter = self._flags.get(flag)
+            if counter is None:
+                counter = self._flags[flag] = self.freshness_flags.labels(flag=flag)
+            counter.inc()

@@ -10,10 +10,9 @@ while the RPC runs carries it) and feeds the Prometheus metrics.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import os
 import time
-import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import asyncpg
@@ -214,8 +213,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 self.pool,
                 stream=policy.source_topic,
                 pins=_pins_tuple(req.pins),
-                values=plan.values,
-                lasts=plan.lasts,
+                probes=plan.probes,
             )
             if row is None:
                 raise ContractError(ErrorCode.UNAVAILABLE, "no active feature policy yet")
@@ -265,39 +263,54 @@ class _Outcome:
         self.grpc_code = grpc.StatusCode.OK.name
 
 
-@contextlib.contextmanager
-def _rpc_scope(
-    method: str,
-    request_id: str | None,
-    context: grpc.aio.ServicerContext[Any, Any],
-    outcome: _Outcome,
-    metrics: ServerMetrics,
-) -> Iterator[None]:
-    """Bind the request id for every log line of the RPC; log `rpc_finished`; count it."""
-    t0 = time.perf_counter()
-    rid = request_id or _metadata_request_id(context)
-    with structlog.contextvars.bound_contextvars(request_id=rid, method=method):
+class _rpc_scope:
+    """Bind the request id for every log line of the RPC; log `rpc_finished`; count it.
+
+    A class rather than a generator context manager: it wraps every RPC.
+    """
+
+    __slots__ = ("_method", "_metrics", "_outcome", "_rid", "_t0", "_tokens")
+
+    def __init__(
+        self,
+        method: str,
+        request_id: str | None,
+        context: grpc.aio.ServicerContext[Any, Any],
+        outcome: _Outcome,
+        metrics: ServerMetrics,
+    ) -> None:
+        self._method = method
+        self._rid = request_id or _metadata_request_id(context)
+        self._outcome = outcome
+        self._metrics = metrics
+
+    def __enter__(self) -> None:
+        self._t0 = time.perf_counter()
+        self._tokens = structlog.contextvars.bind_contextvars(
+            request_id=self._rid, method=self._method
+        )
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        outcome = self._outcome
         try:
-            yield
-        except asyncio.CancelledError:
-            outcome.code = outcome.grpc_code = "CANCELLED"
-            raise
-        except BaseException:
-            if outcome.code == "OK":  # not one of our refusals: say so, invent nothing
-                outcome.code, outcome.grpc_code = "INTERNAL", grpc.StatusCode.INTERNAL.name
-            raise
-        finally:
-            duration_s = time.perf_counter() - t0
+            if exc_type is not None:
+                if issubclass(exc_type, asyncio.CancelledError):
+                    outcome.code = outcome.grpc_code = "CANCELLED"
+                elif outcome.code == "OK":  # not one of our refusals: say so, invent nothing
+                    outcome.code, outcome.grpc_code = "INTERNAL", grpc.StatusCode.INTERNAL.name
+            duration_s = time.perf_counter() - self._t0
             _log.info(
                 "rpc_finished",
                 code=outcome.code,
                 grpc_code=outcome.grpc_code,
                 duration_ms=round(duration_s * 1000, 3),
             )
-            metrics.rpc_finished(
-                method=method, code=outcome.code, grpc_code=outcome.grpc_code,
+            self._metrics.rpc_finished(
+                method=self._method, code=outcome.code, grpc_code=outcome.grpc_code,
                 duration_s=duration_s,
             )
+        finally:
+            structlog.contextvars.reset_contextvars(**self._tokens)
 
 
 def _echoable_request_id(request: pb.GetFeaturesRequest) -> str | None:
@@ -371,4 +384,5 @@ def _metadata_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key in ("x-request-id", "request-id") and isinstance(value, str):
             return value[:128]
-    return uuid.uuid4().hex
+    # 128 random bits as hex, like uuid4().hex without building a UUID per request.
+    return os.urandom(16).hex()

@@ -19,7 +19,8 @@ from .pg import BenchPostgres
 from .report import Figure, now_utc, render
 
 _SIZE_OPTIONS = ("repeats", "duration_s", "hot_events", "state_keys", "ingest_events",
-                 "ingest_repeats", "memory_events", "freshness_repeats", "ingest_partitions")
+                 "ingest_repeats", "memory_events", "freshness_repeats", "ingest_partitions",
+                 "server_processes")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

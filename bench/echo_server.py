@@ -1,6 +1,7 @@
 """The serving-ceiling reference: a trivial grpc.aio server with ofp-server's process model.
 
-One process, uvloop, one generic unary handler at the same method path
+One process (or several sharing the port, like ofp-server), uvloop, one
+generic unary handler at the same method path
 (`/ofp.v1.FeatureService/GetFeatures`) that ignores the request bytes and
 returns a fixed small response, so the same h2load command drives both.
 `python -m bench.echo_server --port N`; stops on SIGTERM / SIGINT.
@@ -30,7 +31,7 @@ def _fixed_response() -> bytes:
     return data
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, *, reuseport: bool = False) -> None:
     response = _fixed_response()
 
     async def echo(request: bytes, context: Any) -> bytes:
@@ -39,7 +40,7 @@ async def serve(port: int) -> None:
     handler = grpc.method_handlers_generic_handler(
         SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(echo)}
     )
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuseport else 0)])
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -54,8 +55,10 @@ async def serve(port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.echo_server", description=__doc__)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--reuseport", action="store_true",
+                        help="share the port with other processes, like OFP_GRPC_REUSEPORT")
     args = parser.parse_args(argv)
-    uvloop.run(serve(args.port))
+    uvloop.run(serve(args.port, reuseport=args.reuseport))
     return 0
 
 

@@ -81,9 +81,45 @@ class Process:
         return ""
 
 
-def start_server(dsn: str, bus_root: Path, port: int, log_path: Path) -> Process:
-    env = product_env(dsn, bus_root, grpc_address=f"127.0.0.1:{port}")
-    return Process([str(BIN / "ofp-server")], env, log_path)
+class Processes:
+    """N processes serving one port (SO_REUSEPORT), handled like one `Process`."""
+
+    def __init__(self, members: list[Process]) -> None:
+        self.members = members
+
+    @property
+    def pid(self) -> int:
+        return self.members[0].pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [m.pid for m in self.members]
+
+    @property
+    def popen(self) -> subprocess.Popen[bytes]:
+        dead = [m for m in self.members if not m.alive()]
+        return (dead or self.members)[0].popen
+
+    def alive(self) -> bool:
+        return all(m.alive() for m in self.members)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        for m in self.members:
+            m.stop(grace_s)
+
+    def tail(self, n_bytes: int = 2000) -> str:
+        return "\n".join(m.tail(n_bytes) for m in self.members)
+
+
+def start_server(dsn: str, bus_root: Path, port: int, log_path: Path, *,
+                 processes: int = 1) -> Processes:
+    """`processes` ofp-server processes on one port (OFP_GRPC_REUSEPORT when more than one)."""
+    reuse = "true" if processes > 1 else "false"
+    env = product_env(dsn, bus_root, grpc_address=f"127.0.0.1:{port}", grpc_reuseport=reuse)
+    return Processes([
+        Process([str(BIN / "ofp-server")], env, log_path.with_suffix(f".{i}{log_path.suffix}"))
+        for i in range(processes)
+    ])
 
 
 def start_projector(
@@ -103,9 +139,13 @@ def run_projector_once(dsn: str, bus_root: Path, log_path: Path, **settings: str
     return time.perf_counter() - t0
 
 
-def start_echo_server(port: int, log_path: Path) -> Process:
-    argv = [sys.executable, "-m", "bench.echo_server", "--port", str(port)]
-    return Process(argv, dict(os.environ), log_path)
+def start_echo_server(port: int, log_path: Path, *, processes: int = 1) -> Processes:
+    argv = [sys.executable, "-m", "bench.echo_server", "--port", str(port),
+            *(["--reuseport"] if processes > 1 else [])]
+    return Processes([
+        Process(argv, dict(os.environ), log_path.with_suffix(f".{i}{log_path.suffix}"))
+        for i in range(processes)
+    ])
 
 
 @dataclass
@@ -140,3 +180,23 @@ class RssSampler:
     @property
     def peak(self) -> int:
         return max((r for _, r in self.samples), default=0)
+
+
+class RssSamplers:
+    """One `RssSampler` per process; `peak` is the largest process's peak."""
+
+    def __init__(self, pids: list[int], interval_s: float = 0.1) -> None:
+        self.samplers = [RssSampler(pid, interval_s) for pid in pids]
+
+    def __enter__(self) -> RssSamplers:
+        for sampler in self.samplers:
+            sampler.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sampler in self.samplers:
+            sampler.__exit__(*exc)
+
+    @property
+    def peak(self) -> int:
+        return max((s.peak for s in self.samplers), default=0)

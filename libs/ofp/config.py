@@ -41,6 +41,10 @@ class Settings:
     kinesis_endpoint_url: str | None = None
     aws_region: str | None = None
     grpc_address: str = "127.0.0.1:50051"
+    # Several ofp-server processes may share grpc_address (SO_REUSEPORT; the
+    # kernel spreads connections): one Python process serves from one core.
+    # Off by default so a second server on a taken port fails loudly.
+    grpc_reuseport: bool = False
     metrics_port: int | None = None
     # projector
     batch_size: int = 2000
@@ -173,11 +177,24 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     return Settings(**coerced).validate()
 
 
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
 def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
     kind = str(f.type)
     if value is None:
         return None
     try:
+        if kind == "bool":
+            return _boolean(value)
         if kind.startswith("int"):
             return int(value)
         return str(value)

@@ -140,7 +140,7 @@ def create_server(settings: Settings, pool: asyncpg.Pool,
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", 16 * settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if settings.grpc_reuseport else 0),
     ]
     credentials = server_credentials(settings)
     server = grpc.aio.server(options=options)

@@ -83,3 +83,11 @@ def test_ladder_thresholds_and_tls_come_from_the_environment() -> None:
     assert (s.tls_cert_path, s.tls_key_path, s.tls_client_ca_path) == (
         "/tls/tls.crt", "/tls/tls.key", "/tls/ca.crt"
     )
+
+
+def test_grpc_reuseport_is_off_by_default_and_read_as_a_boolean() -> None:
+    assert load_settings(None, env={}).grpc_reuseport is False
+    assert load_settings(None, env={"OFP_GRPC_REUSEPORT": "true"}).grpc_reuseport is True
+    assert load_settings(None, env={"OFP_GRPC_REUSEPORT": "0"}).grpc_reuseport is False
+    with pytest.raises(ConfigError, match="grpc_reuseport"):
+        load_settings(None, env={"OFP_GRPC_REUSEPORT": "maybe"})

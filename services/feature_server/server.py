@@ -130,6 +130,22 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def _bind(server: grpc.aio.Server, address: str,
+          credentials: grpc.ServerCredentials | None) -> int:
+    """Bind `address`; a taken or invalid address is an OSError naming it (grpc says
+    RuntimeError or returns port 0, depending on the version)."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    return port
+
+
 def create_server(settings: Settings, pool: asyncpg.Pool,
                   address: str | None = None, *, metrics: ServerMetrics | None = None,
                   health_address: str | None = None) -> FeatureServer:
@@ -170,14 +186,8 @@ def create_server(settings: Settings, pool: asyncpg.Pool,
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     bind = address or settings.grpc_address
-    if credentials is None:
-        port = server.add_insecure_port(bind)
-        tls = "off"
-    else:
-        port = server.add_secure_port(bind, credentials)
-        tls = "mtls" if settings.tls_client_ca_path else "tls"
-    if port == 0:
-        raise OSError(f"cannot bind {bind}")
+    tls = "off" if credentials is None else "mtls" if settings.tls_client_ca_path else "tls"
+    port = _bind(server, bind, credentials)
     health_server = None
     health_port = None
     if health_address is None and settings.health_port is not None:
@@ -186,8 +196,6 @@ def create_server(settings: Settings, pool: asyncpg.Pool,
     if health_address is not None:
         health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        health_port = health_server.add_insecure_port(health_address)
-        if health_port == 0:
-            raise OSError(f"cannot bind {health_address}")
+        health_port = _bind(health_server, health_address, None)
     return FeatureServer(server, port, service, health_servicer, tls=tls,
                          health_server=health_server, health_port=health_port)

@@ -3,7 +3,11 @@ against a real PostgreSQL, reading a generated stream with a known truth."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import socket
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -146,3 +150,21 @@ async def test_errors_are_one_masked_line_when_database_unreachable(
         assert "s3cret-pw" not in out + err
         assert "Traceback" not in err
         assert len(err.strip().splitlines()) == 1, err
+
+
+async def test_ofp_server_exits_2_naming_the_address_when_its_port_is_taken(
+    fresh_dsn: str, bus_root: Path, tmp_path: Path
+) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        address = f"127.0.0.1:{holder.getsockname()[1]}"
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "ofp-server"),
+            env={**os.environ, **cli_env(fresh_dsn, bus_root, OFP_GRPC_ADDRESS=address)},
+            cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 2, err
+    assert f"cannot bind {address}" in err.decode()
+    assert b"Traceback" not in err

@@ -22,6 +22,8 @@ from ofp.windows import WindowProbe, window_probe
 FLAG_STALE_INPUT_BASIS = "STALE_INPUT_BASIS"
 FLAG_MISSING_FEATURE_STATE = "MISSING_FEATURE_STATE"
 FLAG_STALE_BY_TTL = "STALE_BY_TTL"
+# A window the store returned nothing for: no events, and the canonical zero sum.
+_NO_EVENTS = (0, "0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +34,9 @@ class Cell:
     key_id: str
     group: FeatureGroup
     index: int  # position in ReadProbes.cells
-    windows: tuple[int, ...]  # index into ReadProbes.windows, one per window of the group
+    # Per window of the group: (index into ReadProbes.windows, count feature name,
+    # sum feature name, ttl_us); shared by every cell of the group.
+    windows: tuple[tuple[int, str, str, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +64,7 @@ def plan_read(req: ValidRequest, policy: Policy, group_ids: dict[tuple[str, str]
     windows: list[WindowProbe] = []
     group_windows: list[tuple[int, int]] = []
     last_from: list[tuple[int, int]] = []
-    group_slots: dict[str, tuple[int, tuple[int, ...]]] = {}
+    group_slots: dict[str, tuple[int, tuple[tuple[int, str, str, int], ...]]] = {}
     for g in groups:
         gid = group_ids[(g.name, g.version)]
         slots = []
@@ -69,7 +73,7 @@ def plan_read(req: ValidRequest, policy: Policy, group_ids: dict[tuple[str, str]
             if i is None:
                 i = window_index[w.duration_us] = len(windows)
                 windows.append(window_probe(req.as_of_us, w.duration_us))
-            slots.append(i)
+            slots.append((i, f"event_count_{w.name}", f"amount_sum_{w.name}", w.ttl_us))
             group_windows.append((gid, i))
         last_from.append((gid, req.as_of_us - g.max_window_us))
         group_slots[g.name] = (gid, tuple(slots))
@@ -150,11 +154,12 @@ def assemble_snapshot(
             continue
         present_groups.add(cell.group.name)
         values: dict[str, Any] = {}
-        for w, win in zip(cell.group.windows, cell.windows, strict=True):
-            count, total = row.values.get((cell.index, win), (0, None))
-            values[f"event_count_{w.name}"] = count
-            values[f"amount_sum_{w.name}"] = "0" if total is None else total
-            if req.as_of_us - last_us > w.ttl_us:
+        age_us = req.as_of_us - last_us
+        for win, count_name, sum_name, ttl_us in cell.windows:
+            count, total = row.values.get((cell.index, win), _NO_EVENTS)
+            values[count_name] = count
+            values[sum_name] = total
+            if age_us > ttl_us:
                 flags.add(FLAG_STALE_BY_TTL)
                 stale_groups.add(cell.group.name)
         values["last_event_ts_utc"] = format_micros(last_us)

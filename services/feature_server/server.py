@@ -153,10 +153,13 @@ def create_server(settings: Settings, pool: asyncpg.Pool,
 
     `health_address` overrides `<host of address>:<health_port>` (tests pass port 0).
     """
+    # The health listener follows the same choice: processes sharing the gRPC
+    # port share the health port too.
+    reuseport = ("grpc.so_reuseport", 1 if settings.grpc_reuseport else 0)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", 16 * settings.max_message_bytes),
-        ("grpc.so_reuseport", 1 if settings.grpc_reuseport else 0),
+        reuseport,
     ]
     credentials = server_credentials(settings)
     server = grpc.aio.server(options=options)
@@ -194,7 +197,7 @@ def create_server(settings: Settings, pool: asyncpg.Pool,
         host = bind.rpartition(":")[0] or "0.0.0.0"
         health_address = f"{host}:{settings.health_port}"
     if health_address is not None:
-        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_server = grpc.aio.server(options=[reuseport])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         health_port = _bind(health_server, health_address, None)
     return FeatureServer(server, port, service, health_servicer, tls=tls,

@@ -18,6 +18,7 @@ import grpc
 import uvloop
 
 from ofp.api.v1 import feature_service_pb2 as pb
+from ofp.store.db import create_pool
 
 METHOD = "GetFeatures"
 SERVICE = "ofp.v1.FeatureService"
@@ -31,14 +32,27 @@ def _fixed_response() -> bytes:
     return data
 
 
-async def serve(port: int, *, reuseport: bool = False) -> None:
+async def serve(port: int, *, reuseport: bool = False, database_url: str | None = None) -> None:
     response = _fixed_response()
+    pool = None if database_url is None else await create_pool(
+        database_url, max_size=8, generic_plans=True
+    )
 
     async def echo(request: bytes, context: Any) -> bytes:
         return response
 
+    async def echo_after_select_1(request: bytes, context: Any) -> bytes:
+        # The floor of any handler that reads the database once: one pooled
+        # asyncpg round trip of a trivial prepared statement.
+        assert pool is not None
+        await pool.fetchval("SELECT 1")
+        return response
+
     handler = grpc.method_handlers_generic_handler(
-        SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(echo)}
+        SERVICE,
+        {METHOD: grpc.unary_unary_rpc_method_handler(
+            echo if pool is None else echo_after_select_1
+        )},
     )
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuseport else 0)])
     server.add_generic_rpc_handlers((handler,))
@@ -50,6 +64,8 @@ async def serve(port: int, *, reuseport: bool = False) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(1.0)
+    if pool is not None:
+        await pool.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--reuseport", action="store_true",
                         help="share the port with other processes, like OFP_GRPC_REUSEPORT")
+    parser.add_argument("--select-1", metavar="DATABASE_URL",
+                        help="answer only after one pooled `SELECT 1` on this database")
     args = parser.parse_args(argv)
-    uvloop.run(serve(args.port, reuseport=args.reuseport))
+    uvloop.run(serve(args.port, reuseport=args.reuseport, database_url=args.select_1))
     return 0
 
 

@@ -139,9 +139,11 @@ def run_projector_once(dsn: str, bus_root: Path, log_path: Path, **settings: str
     return time.perf_counter() - t0
 
 
-def start_echo_server(port: int, log_path: Path, *, processes: int = 1) -> Processes:
+def start_echo_server(port: int, log_path: Path, *, processes: int = 1,
+                      select_1_dsn: str | None = None) -> Processes:
     argv = [sys.executable, "-m", "bench.echo_server", "--port", str(port),
-            *(["--reuseport"] if processes > 1 else [])]
+            *(["--reuseport"] if processes > 1 else []),
+            *(["--select-1", select_1_dsn] if select_1_dsn else [])]
     return Processes([
         Process(argv, dict(os.environ), log_path.with_suffix(f".{i}{log_path.suffix}"))
         for i in range(processes)

@@ -157,10 +157,11 @@ async def served(ctx: Context, label: str, events: Callable[[], Iterable[tuple[i
 
 
 @asynccontextmanager
-async def echo(ctx: Context) -> AsyncIterator[tuple[int, procs.Processes]]:
+async def echo(ctx: Context, *, select_1_dsn: str | None = None
+               ) -> AsyncIterator[tuple[int, procs.Processes]]:
     port = procs.free_port()
     proc = procs.start_echo_server(port, ctx.path("echo").with_suffix(".log"),
-                                   processes=ctx.sizes.server_processes)
+                                   processes=ctx.sizes.server_processes, select_1_dsn=select_1_dsn)
     try:
         await wait_ok(port, [1], proc, expect_keys=False)
         yield port, proc
@@ -215,8 +216,10 @@ async def serving(ctx: Context) -> None:
                  "<= 150 MB",
                  sizes=sat.sizes)
     echo_rps: list[float] = []
+    floor_rps: list[float] = []
     echo_peak = 0
-    async with served(ctx, "serving", small_state) as srv, echo(ctx) as (echo_port, echo_proc):
+    async with served(ctx, "serving", small_state) as srv, echo(ctx) as (echo_port, echo_proc), \
+            echo(ctx, select_1_dsn=srv.dsn) as (floor_port, floor_proc):
         body = body_file(ctx, [1])
         with procs.RssSamplers(srv.server.pids) as server_rss:
             for _ in range(s.repeats):
@@ -227,6 +230,12 @@ async def serving(ctx: Context) -> None:
                         clients=s.sat_clients, streams=s.sat_streams)
                 echo_rps.append(e.req_per_s)
                 echo_peak = max(echo_peak, e_rss.peak)
+                # The floor of any database-backed handler: echo after one SELECT 1.
+                await check_alive(floor_port, [1], floor_proc, expect_keys=False)
+                f = await asyncio.to_thread(
+                    h2load.closed_loop, url(floor_port), body, requests=s.sat_requests_echo,
+                    clients=s.sat_clients, streams=s.sat_streams)
+                floor_rps.append(f.req_per_s)
                 await check_alive(srv.port, [1], srv.server)
                 r = await asyncio.to_thread(
                     h2load.closed_loop, url(srv.port), body, requests=s.sat_requests_features,
@@ -239,6 +248,12 @@ async def serving(ctx: Context) -> None:
         f"{', '.join(fmt(x) for x in echo_rps)})"
     ratio = sat.ratio
     sat.met = ratio is not None and ratio >= 0.5
+    floor = statistics.median(floor_rps)
+    floor_ratio = floor / sat.reference_value
+    sat.notes = (f"floor of any database-backed handler, same run: echo answering after one"
+                 f" pooled asyncpg `SELECT 1` {fmt(floor)} req/s = {floor_ratio:.2f}"
+                 f" x echo (runs: {', '.join(fmt(x) for x in floor_rps)}); OFP ="
+                 f" {fmt(sat.value or 0)} req/s = {(sat.value or 0) / floor:.2f} x that floor")
     sat.measured_at = rss.measured_at = now_utc()
     rss.reference_value = echo_peak / MB
     rss.reference = f"echo server peak {fmt(rss.reference_value)} MB"

@@ -51,6 +51,7 @@ class Sizes:
     # ingest and memory
     ingest_events: int = 2_000_000
     ingest_partitions: int = 2
+    ingest_replicas: int = 1
     ingest_repeats: int = 1
     copy_repeats: int = 3
     memory_events: int = 10_000_000
@@ -403,10 +404,14 @@ class IngestRun:
         return base, peak, (peak - base) / base if base else 0.0
 
 
-async def _ingest(ctx: Context, label: str, n_events: int) -> tuple[IngestRun, str, str]:
-    """Generate, then drain with `ofp-projector --once` while sampling progress and RSS.
+async def _ingest(ctx: Context, label: str, n_events: int, *, replicas: int = 1
+                  ) -> tuple[IngestRun, str, str]:
+    """Generate, then drain while sampling progress and RSS (of the first replica).
 
-    Returns the run and (database name, dsn); the caller drops the database.
+    One replica drains with `ofp-projector --once`; several run in follow mode,
+    sharing the partitions through their leases, and are stopped (SIGTERM,
+    graceful) once every event's checkpoint is committed. Returns the run and
+    (database name, dsn); the caller drops the database.
     """
     s = ctx.sizes
     name, dsn = await ctx.pg.create(label)
@@ -417,8 +422,13 @@ async def _ingest(ctx: Context, label: str, n_events: int) -> tuple[IngestRun, s
                             partitions=s.ingest_partitions)
     progress: list[tuple[float, int]] = []
     t0 = time.monotonic()
-    proc = procs.start_projector(dsn, bus, ctx.path(f"projector-{label}").with_suffix(".log"),
-                                 once=True)
+    once = replicas == 1
+    group = [
+        procs.start_projector(dsn, bus, ctx.path(f"projector-{label}-{i}").with_suffix(".log"),
+                              once=once)
+        for i in range(replicas)
+    ]
+    proc = group[0]
     with procs.RssSampler(proc.pid) as rss:
         waiter = asyncio.ensure_future(asyncio.to_thread(proc.wait))
         conn: asyncpg.Connection | None = None
@@ -430,15 +440,25 @@ async def _ingest(ctx: Context, label: str, n_events: int) -> tuple[IngestRun, s
                     "SELECT coalesce(sum(next_offset), 0)::bigint FROM checkpoints"
                     " WHERE to_regclass('checkpoints') IS NOT NULL")
                 progress.append((time.monotonic(), int(done)))
+                if not once and done >= n_events:
+                    break
             except asyncpg.PostgresError:
                 pass  # the schema is not migrated yet
+            if not all(p.alive() for p in group[1:]):
+                break
             await asyncio.wait([waiter], timeout=0.25)
-        rc = await waiter
         end = time.monotonic()
+        if not once:
+            for p in group:
+                await asyncio.to_thread(p.stop)
+        rcs = [await waiter] + [p.wait() for p in group[1:]]
         if conn is not None:
             await conn.close()
-    if rc != 0:
-        raise RuntimeError(f"ofp-projector exited {rc}:\n{proc.tail()}")
+    for p, rc in zip(group, rcs, strict=True):
+        if rc != 0:
+            raise RuntimeError(f"ofp-projector exited {rc}:\n{p.tail()}")
+    if progress[-1][1] < n_events and not once:
+        raise RuntimeError(f"projector replicas stopped at {progress[-1][1]} of {n_events}")
     progress.append((end, n_events))
     t10, n10 = next(((t, n) for t, n in progress if n >= 0.1 * n_events), (t0, 0))
     t100 = next(t for t, n in progress if n >= n_events)
@@ -474,11 +494,14 @@ async def ingest(ctx: Context) -> None:
                  " checkpoints)", "events/s", ">= 40,000 events/s over >= 2,000,000",
                  sizes=f"{s.ingest_events:,} events, {max(1, s.ingest_events // 20):,} keys,"
                  f" {s.ingest_partitions} partitions, batch 2000 (default)",
-                 command="ofp-projector --once")
+                 command="ofp-projector --once" if s.ingest_replicas == 1 else
+                 f"{s.ingest_replicas} x ofp-projector (follow mode, leases share the"
+                 " partitions), stopped once every checkpoint is at the end")
     copy_eps: list[float] = []
     walls: list[str] = []
     for i in range(s.ingest_repeats):
-        run, name, dsn = await _ingest(ctx, f"ingest{i}", s.ingest_events)
+        run, name, dsn = await _ingest(ctx, f"ingest{i}", s.ingest_events,
+                                       replicas=s.ingest_replicas)
         try:
             fig.runs.append(run.sustained_eps)
             walls.append(f"{run.wall_s:.1f} s ({fmt(run.events / run.wall_s)} events/s)")

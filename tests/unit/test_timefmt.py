@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -68,3 +70,12 @@ def test_format_raises_when_instant_is_out_of_range() -> None:
 @given(st.integers(min_value=-62_135_596_800_000_000, max_value=253_402_300_799_999_999))
 def test_format_then_parse_returns_the_instant_when_in_range(us: int) -> None:
     assert parse_micros(format_micros(us)) == us
+
+
+@given(st.integers(min_value=-62135596800000000, max_value=253402300799999999))
+def test_format_micros_equals_the_datetime_rendering(us: int) -> None:
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+    assert format_micros(us) == (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z"
+    )

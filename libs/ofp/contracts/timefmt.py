@@ -27,6 +27,24 @@ def parse_micros(text: str) -> int:
     Raises ValueError on any other shape or on an instant that is not on the calendar
     (month 13, February 30, hour 24, second 60...).
     """
+    # Events arrive in time order, so most share their minute with one parsed
+    # just before: the minute prefix, once validated, is remembered, and only
+    # the seconds and fraction are checked here. Anything else takes the full
+    # parse, which is the one that decides and explains a refusal.
+    if isinstance(text, str) and len(text) == 27:
+        minute_us = _MINUTES.get(text[:17])
+        if minute_us is not None and text[19] == "." and text[26] == "Z":
+            second = text[17:19]
+            micro = text[20:26]
+            if (
+                second.isascii() and second.isdigit() and second < "60"
+                and micro.isascii() and micro.isdigit()
+            ):
+                return minute_us + int(second) * 1_000_000 + int(micro)
+    return _parse_micros(text)
+
+
+def _parse_micros(text: str) -> int:
     match = _MICROS_RE.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise ValueError(f"not a micros UTC timestamp (YYYY-MM-DDTHH:MM:SS.ffffffZ): {text!r}")
@@ -37,23 +55,41 @@ def parse_micros(text: str) -> int:
         ordinal = date(year, month, day).toordinal()
     except ValueError:
         raise ValueError(f"not a calendar date: {text!r}") from None
-    return (
-        (ordinal - _EPOCH_ORDINAL) * _US_PER_DAY
-        + ((hour * 60 + minute) * 60 + second) * 1_000_000
-        + micro
-    )
+    minute_us = (ordinal - _EPOCH_ORDINAL) * _US_PER_DAY + (hour * 60 + minute) * 60_000_000
+    if len(_MINUTES) >= _MINUTES_KEPT:
+        _MINUTES.clear()
+    _MINUTES[text[:17]] = minute_us
+    return minute_us + second * 1_000_000 + micro
+
+
+# Validated `YYYY-MM-DDTHH:MM:` prefixes -> µs since the epoch at that minute.
+_MINUTES: dict[str, int] = {}
+_MINUTES_KEPT = 4096
 
 
 def format_micros(us: int) -> str:
     """The canonical string of `us` microseconds since the Unix epoch (inverse of parse)."""
-    try:
-        moment = _EPOCH + timedelta(microseconds=us)
-    except OverflowError:
-        raise ValueError(f"instant out of range: {us}") from None
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
-        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}Z"
-    )
+    # Several per response: the date part is remembered per day, the rest is
+    # integer arithmetic.
+    day, in_day = divmod(us, _US_PER_DAY)
+    date_text = _DAYS.get(day)
+    if date_text is None:
+        try:
+            moment = _EPOCH + timedelta(days=day)
+        except OverflowError:
+            raise ValueError(f"instant out of range: {us}") from None
+        if len(_DAYS) >= _DAYS_KEPT:
+            _DAYS.clear()
+        date_text = _DAYS[day] = f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+    seconds, micro = divmod(in_day, 1_000_000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    return f"{date_text}{hour:02d}:{minute:02d}:{second:02d}.{micro:06d}Z"
+
+
+# Days since the epoch -> "YYYY-MM-DDT".
+_DAYS: dict[int, str] = {}
+_DAYS_KEPT = 4096
 
 
 def is_micros(text: object) -> bool:

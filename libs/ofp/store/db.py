@@ -58,8 +58,11 @@ def embedded_dsn(data_dir: str | Path) -> str:
 class StatelessConnection(asyncpg.Connection):
     """A connection released to the pool without the session-reset round trip.
 
-    OFP never leaves session state behind: no LISTEN, no session-level
-    advisory locks (only transaction-scoped ones), no SET. asyncpg still rolls
+    OFP never leaves session state that matters to the next user: no LISTEN,
+    no session-level advisory locks (only transaction-scoped ones), no SET;
+    the projector's batch staging tables are temporary and emptied at every
+    commit (ON COMMIT DELETE ROWS), and the reset query would not drop them
+    anyway. asyncpg still rolls
     back any open transaction on release; the reset query it would add
     (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) is one more
     round trip per request on the read path, for nothing.

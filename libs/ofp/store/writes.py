@@ -9,24 +9,23 @@ offset, so two appliers of one partition can never both commit the same span.
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
-from decimal import Decimal, Inexact, localcontext
-from typing import Any
+from decimal import Decimal
+from typing import Any, NamedTuple
 
 import asyncpg
 
 from ofp.events import (
     Candidate,
     Classified,
-    Ignored,
     Outcome,
     Quarantined,
     QuarantineReason,
     storable,
 )
 from ofp.policy import Policy
-from ofp.windows import TILE_US, tile_start
+from ofp.windows import TILE_US
 
 Pins = tuple[str, str, str, str, str, int]
 
@@ -51,8 +50,7 @@ class Fence:
     token: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     offset: int
     raw: bytes
     classified: Classified
@@ -257,10 +255,11 @@ async def apply_batch(
             len(records),
         )
 
-        candidates = [r for r in records if isinstance(r.classified, Candidate)]
-        pins_needed = {r.classified.pins for r in candidates}  # type: ignore[union-attr]
+        pins_needed = {
+            c.pins for r in records if isinstance(c := r.classified, Candidate)
+        }
         new_scopes = await resolve_scopes(conn, pins_needed, scope_cache)
-        scopes = {**scope_cache, **new_scopes}
+        scopes = {**scope_cache, **new_scopes} if new_scopes else scope_cache
 
         # Settle dedupe: first in offset order within the batch, then against the store.
         quarantined: list[tuple[Record, Quarantined]] = []
@@ -268,61 +267,66 @@ async def apply_batch(
         in_batch_repeats: list[tuple[Record, Candidate]] = []
         for r in records:
             c = r.classified
-            if isinstance(c, Quarantined):
-                quarantined.append((r, c))
-            elif isinstance(c, Ignored):
-                result.outcomes[(Outcome.IGNORED, c.reason)] += 1
-            else:
-                assert isinstance(c, Candidate)
+            if isinstance(c, Candidate):
                 k = (scopes[c.pins], c.event_id)
                 if k in first_seen:
                     in_batch_repeats.append((r, c))
                 else:
                     first_seen[k] = (r, c)
+            elif isinstance(c, Quarantined):
+                quarantined.append((r, c))
+            else:
+                result.outcomes[(Outcome.IGNORED, c.reason)] += 1
 
         applied: list[tuple[int, Candidate]] = []
         valid_ts: list[int] = []
         if first_seen:
-            keys = sorted(first_seen)
-            inserted = await conn.fetch(
-                "INSERT INTO event_dedupe (scope_id, event_id, payload_hash, ts_us)"
-                " SELECT * FROM unnest($1::integer[], $2::text[], $3::bytea[], $4::bigint[])"
-                " ON CONFLICT DO NOTHING RETURNING scope_id, event_id",
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [first_seen[k][1].payload_hash for k in keys],
-                [first_seen[k][1].ts_us for k in keys],
+            await conn.execute(_STAGING_TABLES)
+            # The batch's rows travel by binary COPY: array parameters would
+            # cost asyncpg several isinstance checks against ABCs per element.
+            await conn.copy_records_to_table(
+                "ofp_batch_dedupe",
+                records=[
+                    (k[0], k[1], c.payload_hash, c.ts_us) for k, (_, c) in first_seen.items()
+                ],
+                columns=["scope_id", "event_id", "payload_hash", "ts_us"],
             )
-            new_keys = {(int(r[0]), r[1]) for r in inserted}
-            old_keys = [k for k in keys if k not in new_keys]
+            # Keys the store already held: usually none.
+            rejected = {(int(r[0]), r[1]) for r in await conn.fetch(_INSERT_DEDUPE)}
             stored: dict[tuple[int, str], bytes] = {}
-            if old_keys:
+            if rejected:
+                # A separate statement: it must see rows that a concurrent batch
+                # committed while the insert above waited for them.
                 rows = await conn.fetch(
                     "SELECT d.scope_id, d.event_id, d.payload_hash FROM event_dedupe d"
                     " JOIN unnest($1::integer[], $2::text[]) AS u(s, e)"
                     " ON d.scope_id = u.s AND d.event_id = u.e",
-                    [k[0] for k in old_keys],
-                    [k[1] for k in old_keys],
+                    [k[0] for k in rejected],
+                    [k[1] for k in rejected],
                 )
                 stored = {(int(r[0]), r[1]): bytes(r[2]) for r in rows}
-            for k in keys:
-                rec, cand = first_seen[k]
-                if k in new_keys:
+            n_applied = n_duplicate = 0
+            for k, (rec, cand) in first_seen.items():
+                if k not in rejected:
                     applied.append((k[0], cand))
-                    result.outcomes[(Outcome.APPLIED, "")] += 1
+                    n_applied += 1
                     valid_ts.append(cand.ts_us)
                 elif stored.get(k) == cand.payload_hash:
-                    result.outcomes[(Outcome.DUPLICATE, "")] += 1
+                    n_duplicate += 1
                     valid_ts.append(cand.ts_us)
                 else:
                     quarantined.append((rec, _conflict(cand)))
             for rec, cand in in_batch_repeats:
                 k = (scopes[cand.pins], cand.event_id)
                 if first_seen[k][1].payload_hash == cand.payload_hash:
-                    result.outcomes[(Outcome.DUPLICATE, "")] += 1
+                    n_duplicate += 1
                     valid_ts.append(cand.ts_us)
                 else:
                     quarantined.append((rec, _conflict(cand)))
+            if n_applied:
+                result.outcomes[(Outcome.APPLIED, "")] += n_applied
+            if n_duplicate:
+                result.outcomes[(Outcome.DUPLICATE, "")] += n_duplicate
 
         if applied:
             await _write_state(conn, applied, group_ids)
@@ -379,50 +383,59 @@ def _conflict(c: Candidate) -> Quarantined:
 async def _write_state(
     conn: asyncpg.Connection, applied: list[tuple[int, Candidate]], group_ids: list[int]
 ) -> None:
-    events: list[tuple[int, int, str, int, Decimal]] = []
-    tiles: dict[tuple[int, int, str, int], list[Any]] = defaultdict(lambda: [0, Decimal(0)])
-    with localcontext() as ctx:
-        # Exact sums: amounts are bounded in digits, so this never rounds; trap if it would.
-        ctx.prec = 1000
-        ctx.traps[Inexact] = True
-        for scope_id, cand in applied:
-            _add_contributions(scope_id, cand, group_ids, events, tiles)
+    """Insert the applied events and fold them into their tiles.
+
+    The events are staged by COPY and the tile sums taken by PostgreSQL from
+    the stage: numeric addition there is exact, as it is in Decimal, and the
+    rows cross the wire once.
+    """
     await conn.copy_records_to_table(
-        "feature_events",
-        records=events,
+        "ofp_batch_events",
+        records=[
+            (scope_id, group_ids[contrib.group_index], contrib.key_id, cand.ts_us, contrib.amount)
+            for scope_id, cand in applied
+            for contrib in cand.contributions
+        ],
         columns=["scope_id", "group_id", "key_id", "ts_us", "amount"],
     )
-    # Sorted so concurrent batches of different partitions lock tiles in one order.
-    keys = sorted(tiles)
-    await conn.execute(
-        "INSERT INTO feature_tiles (scope_id, group_id, key_id, tile_start_us, event_count,"
-        " amount_sum) SELECT * FROM unnest($1::integer[], $2::smallint[], $3::text[],"
-        " $4::bigint[], $5::bigint[], $6::numeric[])"
-        " ON CONFLICT (scope_id, group_id, key_id, tile_start_us) DO UPDATE SET"
-        " event_count = feature_tiles.event_count + EXCLUDED.event_count,"
-        " amount_sum = feature_tiles.amount_sum + EXCLUDED.amount_sum",
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [k[2] for k in keys],
-        [k[3] for k in keys],
-        [tiles[k][0] for k in keys],
-        [tiles[k][1] for k in keys],
-    )
+    await conn.execute(_INSERT_STATE, TILE_US)
 
 
-def _add_contributions(
-    scope_id: int,
-    cand: Candidate,
-    group_ids: list[int],
-    events: list[tuple[int, int, str, int, Decimal]],
-    tiles: dict[tuple[int, int, str, int], list[Any]],
-) -> None:
-    for contrib in cand.contributions:
-        gid = group_ids[contrib.group_index]
-        events.append((scope_id, gid, contrib.key_id, cand.ts_us, contrib.amount))
-        t = tiles[(scope_id, gid, contrib.key_id, tile_start(cand.ts_us))]
-        t[0] += 1
-        t[1] += contrib.amount
+# Per-session staging of one batch; ON COMMIT DELETE ROWS empties them with
+# each transaction, so a batch never sees another's rows.
+_STAGING_TABLES = (
+    "CREATE TEMP TABLE IF NOT EXISTS ofp_batch_dedupe (scope_id integer NOT NULL,"
+    " event_id text NOT NULL, payload_hash bytea NOT NULL, ts_us bigint NOT NULL)"
+    " ON COMMIT DELETE ROWS;"
+    " CREATE TEMP TABLE IF NOT EXISTS ofp_batch_events (scope_id integer NOT NULL,"
+    " group_id smallint NOT NULL, key_id text NOT NULL, ts_us bigint NOT NULL,"
+    " amount numeric NOT NULL) ON COMMIT DELETE ROWS"
+)
+# Rows are inserted in key order (code point order, as Python sorts str) so
+# concurrent batches of different partitions take row locks in one order.
+# Returns the staged keys the store already held.
+_INSERT_DEDUPE = (
+    "WITH ins AS (INSERT INTO event_dedupe (scope_id, event_id, payload_hash, ts_us)"
+    " SELECT scope_id, event_id, payload_hash, ts_us FROM ofp_batch_dedupe"
+    ' ORDER BY scope_id, event_id COLLATE "C"'
+    " ON CONFLICT DO NOTHING RETURNING scope_id, event_id)"
+    " SELECT b.scope_id, b.event_id FROM ofp_batch_dedupe b WHERE NOT EXISTS"
+    " (SELECT 1 FROM ins WHERE ins.scope_id = b.scope_id AND ins.event_id = b.event_id)"
+)
+# Tile starts floor to the tile ($1 µs) before 1970 too, as windows.tile_start does.
+_INSERT_STATE = (
+    "WITH ev AS (INSERT INTO feature_events (scope_id, group_id, key_id, ts_us, amount)"
+    " SELECT scope_id, group_id, key_id, ts_us, amount FROM ofp_batch_events)"
+    " INSERT INTO feature_tiles (scope_id, group_id, key_id, tile_start_us, event_count,"
+    " amount_sum) SELECT scope_id, group_id, key_id, tile, count(*), sum(amount)"
+    " FROM (SELECT scope_id, group_id, key_id, amount,"
+    " ts_us - ((ts_us % $1::bigint) + $1::bigint) % $1::bigint AS tile"
+    " FROM ofp_batch_events) s"
+    ' GROUP BY scope_id, group_id, key_id, tile ORDER BY scope_id, group_id, key_id COLLATE "C",'
+    " tile ON CONFLICT (scope_id, group_id, key_id, tile_start_us) DO UPDATE SET"
+    " event_count = feature_tiles.event_count + EXCLUDED.event_count,"
+    " amount_sum = feature_tiles.amount_sum + EXCLUDED.amount_sum"
+)
 
 
 async def prune_retention(

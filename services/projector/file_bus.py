@@ -84,17 +84,14 @@ class PartitionReader:
                 chunk = f.read(_CHUNK)
                 if not chunk:
                     break  # what is left in `pending` is an incomplete tail
-                data = pending + chunk
-                start = 0
-                while len(out) < max_records:
-                    nl = data.find(b"\n", start)
-                    if nl < 0:
-                        break
-                    out.append((self.next_offset, data[start:nl]))
-                    self.next_offset += 1
-                    self._pos += nl + 1 - start
-                    start = nl + 1
-                pending = data[start:]
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                # One split per chunk instead of a find and a slice per line.
+                lines = lines[: max_records - len(out)]
+                n = len(lines)
+                out.extend(zip(range(self.next_offset, self.next_offset + n), lines, strict=True))
+                self.next_offset += n
+                self._pos += sum(map(len, lines)) + n
         return out
 
 

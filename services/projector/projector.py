@@ -61,6 +61,8 @@ MAX_BACKOFF_S = 5.0
 # First-generation threshold of the cyclic GC while consuming (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 20_000
 RETENTION_INTERVAL_S = 300.0
+# Records classified between two yields to the event loop (about 3 ms of CPU).
+CLASSIFY_SLICE = 250
 LAG_RECORD_INTERVAL_S = 1.0
 T = TypeVar("T")
 
@@ -471,15 +473,32 @@ class Projector:
                              error=type(exc).__name__, delay_ms=round(delay * 1000))
                 await asyncio.sleep(delay)
 
+    async def _classify(self, batch: Batch) -> list[Record]:
+        """Classify a batch, yielding to the event loop between slices.
+
+        Classification is pure CPU (tens of milliseconds for a batch); done in
+        one go it would hold up the database round trips of the other
+        partitions' batches, and their apply transactions would stretch by as
+        much. In slices, those round trips are served in between.
+        """
+        policy, run_id = self.policy, self.settings.required_platform_run_id
+        records: list[Record] = []
+        pending = batch.records
+        for start in range(0, len(pending), CLASSIFY_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            records.extend(
+                Record(off, raw, classify(raw, policy, run_id))
+                for off, raw in pending[start:start + CLASSIFY_SLICE]
+            )
+        return records
+
     async def _apply_with_retry(
         self, partition: int, fence: Fence, start: int, batch: Batch
     ) -> str:
         """APPLIED; CONFLICT when the checkpoint moved elsewhere (re-read); LOST (stop)."""
         t0 = time.perf_counter()
-        records = [
-            Record(off, raw, classify(raw, self.policy, self.settings.required_platform_run_id))
-            for off, raw in batch.records
-        ]
+        records = await self._classify(batch)
         try:
             result = await self._retrying(
                 "apply_batch",

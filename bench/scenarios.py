@@ -36,7 +36,7 @@ class Sizes:
     sat_clients: int = 8
     sat_streams: int = 8
     # ofp-server processes sharing the port (OFP_GRPC_REUSEPORT), the echo reference alike
-    server_processes: int = 2
+    server_processes: int = 1
     # open-loop runs
     duration_s: int = 10
     warmup_s: float = 2.0
@@ -51,7 +51,8 @@ class Sizes:
     # ingest and memory
     ingest_events: int = 2_000_000
     ingest_partitions: int = 2
-    ingest_replicas: int = 1
+    # Projector processes sharing the partitions through leases (one per partition).
+    ingest_replicas: int = 2
     ingest_repeats: int = 1
     copy_repeats: int = 3
     memory_events: int = 10_000_000
@@ -512,12 +513,21 @@ async def ingest(ctx: Context) -> None:
             await ctx.pg.drop(name)
             for f in run.partitions:
                 shutil.rmtree(f.parent.parent, ignore_errors=True)
+    single = ""
+    if s.ingest_replicas > 1:
+        # The same stream through one replica, for scale: what one process does.
+        run, name, dsn = await _ingest(ctx, "ingest-single", s.ingest_events)
+        await ctx.pg.drop(name)
+        for f in run.partitions:
+            shutil.rmtree(f.parent.parent, ignore_errors=True)
+        single = (f"; one replica (`ofp-projector --once`, both partitions in one process):"
+                  f" {fmt(run.sustained_eps)} events/s sustained")
     fig.reference_value = statistics.median(copy_eps)
     fig.reference = (f"raw COPY of the same lines {fmt(fig.reference_value)} lines/s (runs:"
                      f" {', '.join(fmt(x) for x in copy_eps)})")
     fig.met = (fig.value is not None and fig.value >= 40_000
                and s.ingest_events >= 2_000_000)
-    fig.notes = ("whole process incl. start-up and migration: " + "; ".join(walls)
+    fig.notes = ("whole run incl. start-up and migration: " + "; ".join(walls) + single
                  + (". Below the 2,000,000 events the target names, so not met by definition"
                     if s.ingest_events < 2_000_000 else ""))
     fig.measured_at = now_utc()

@@ -91,6 +91,14 @@ def _amount_text(rng: random.Random) -> tuple[Any, Decimal]:
         return f"{micro}", micro
     if style == 3:
         return None, Decimal(0)  # missing amount counts 0
+    if style == 4:
+        # Exponent spellings, as a JSON number and as a numeric string; whole
+        # hundreds normalise to a positive exponent ("1.5E+3"), the form
+        # str(Decimal) keeps and the database must read back exactly.
+        hundreds = Decimal(cents).scaleb(2).normalize()
+        return (_RawNumber(f"{cents}E-2") if cents % 2 else f"{hundreds}"), (
+            value if cents % 2 else hundreds
+        )
     return _RawNumber(str(value)), value  # JSON number with a fraction
 
 

@@ -239,3 +239,5 @@ def test_parse_micros_with_a_warm_minute_cache_refuses_what_the_full_parse_refus
     text = good[:at] + ("" if drop else replacement) + good[at + 1 :]
     assert _micros(text) == _reference_micros(text)
     assert _micros(good) == us
+
+

@@ -387,12 +387,15 @@ async def _write_state(
 
     The events are staged by COPY and the tile sums taken by PostgreSQL from
     the stage: numeric addition there is exact, as it is in Decimal, and the
-    rows cross the wire once.
+    rows cross the wire once. Amounts travel as Decimal text (exact, possibly
+    with an exponent, which numeric input reads): asyncpg's binary numeric
+    encoder costs about 2 µs a row, text a tenth of that.
     """
     await conn.copy_records_to_table(
         "ofp_batch_events",
         records=[
-            (scope_id, group_ids[contrib.group_index], contrib.key_id, cand.ts_us, contrib.amount)
+            (scope_id, group_ids[contrib.group_index], contrib.key_id, cand.ts_us,
+             str(contrib.amount))
             for scope_id, cand in applied
             for contrib in cand.contributions
         ],
@@ -409,7 +412,7 @@ _STAGING_TABLES = (
     " ON COMMIT DELETE ROWS;"
     " CREATE TEMP TABLE IF NOT EXISTS ofp_batch_events (scope_id integer NOT NULL,"
     " group_id smallint NOT NULL, key_id text NOT NULL, ts_us bigint NOT NULL,"
-    " amount numeric NOT NULL) ON COMMIT DELETE ROWS"
+    " amount text NOT NULL) ON COMMIT DELETE ROWS"
 )
 # Rows are inserted in key order (code point order, as Python sorts str) so
 # concurrent batches of different partitions take row locks in one order.
@@ -425,10 +428,10 @@ _INSERT_DEDUPE = (
 # Tile starts floor to the tile ($1 µs) before 1970 too, as windows.tile_start does.
 _INSERT_STATE = (
     "WITH ev AS (INSERT INTO feature_events (scope_id, group_id, key_id, ts_us, amount)"
-    " SELECT scope_id, group_id, key_id, ts_us, amount FROM ofp_batch_events)"
+    " SELECT scope_id, group_id, key_id, ts_us, amount::numeric FROM ofp_batch_events)"
     " INSERT INTO feature_tiles (scope_id, group_id, key_id, tile_start_us, event_count,"
     " amount_sum) SELECT scope_id, group_id, key_id, tile, count(*), sum(amount)"
-    " FROM (SELECT scope_id, group_id, key_id, amount,"
+    " FROM (SELECT scope_id, group_id, key_id, amount::numeric AS amount,"
     " ts_us - ((ts_us % $1::bigint) + $1::bigint) % $1::bigint AS tile"
     " FROM ofp_batch_events) s"
     ' GROUP BY scope_id, group_id, key_id, tile ORDER BY scope_id, group_id, key_id COLLATE "C",'

@@ -53,7 +53,7 @@ from ofp.store.writes import (
 )
 
 from . import file_bus
-from .bus import Batch, Bus, PartitionInfo
+from .bus import Batch, Bus, PartitionInfo, PartitionSource
 from .observability import ProjectorMetrics
 
 _log = get_logger("ofp.projector")
@@ -390,9 +390,17 @@ class Projector:
         fence = Fence(self.owner, lease.token)
         source = self.bus.open(p, checkpoint)
         next_lag_at = 0.0
+        # The next batch is read and classified while this one is applied, so
+        # the CPU work and the database round trips of a partition overlap.
+        ahead: asyncio.Future[tuple[Batch, list[Record]]] | None = None
         try:
             while not stop.is_set() and not self._stopping.is_set():
-                batch = await source.read(self.settings.batch_size)
+                if ahead is not None:
+                    batch, records = await ahead
+                    ahead = None
+                else:
+                    batch = await source.read(self.settings.batch_size)
+                    records = await self._classify(batch)
                 high = self._high.get(p)
                 self.metrics.partition_observed(
                     partition=p,
@@ -407,10 +415,14 @@ class Projector:
                         record_lag, stream=self.stream, partition=p, token=lease.token,
                         lag_ms=lag))
                 if batch.records or batch.closes:
-                    outcome = await self._apply_with_retry(p, fence, checkpoint, batch)
+                    if not batch.closes:  # nothing follows SHARD_END
+                        ahead = asyncio.ensure_future(self._read_ahead(source))
+                    outcome = await self._apply_with_retry(p, fence, checkpoint, batch, records)
                     if outcome == _Outcome.LOST:
                         return "lost"
                     if outcome == _Outcome.CONFLICT:
+                        await _discard(ahead)
+                        ahead = None
                         await source.close()
                         checkpoint = await self._checkpoint(p)
                         source = self.bus.open(p, checkpoint)
@@ -427,7 +439,12 @@ class Projector:
                     await asyncio.wait_for(stop.wait(), timeout=self.bus.idle_s)
             return "stopped"
         finally:
+            await _discard(ahead)
             await source.close()
+
+    async def _read_ahead(self, source: PartitionSource) -> tuple[Batch, list[Record]]:
+        batch = await source.read(self.settings.batch_size)
+        return batch, await self._classify(batch)
 
     async def _checkpoint(self, partition: int) -> int:
         checkpoints = await self._retrying(
@@ -494,11 +511,10 @@ class Projector:
         return records
 
     async def _apply_with_retry(
-        self, partition: int, fence: Fence, start: int, batch: Batch
+        self, partition: int, fence: Fence, start: int, batch: Batch, records: list[Record]
     ) -> str:
         """APPLIED; CONFLICT when the checkpoint moved elsewhere (re-read); LOST (stop)."""
         t0 = time.perf_counter()
-        records = await self._classify(batch)
         try:
             result = await self._retrying(
                 "apply_batch",
@@ -579,3 +595,12 @@ def _settle_gc() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
+async def _discard(ahead: asyncio.Future[Any] | None) -> None:
+    """Cancel a read-ahead that will not be applied, and let it finish."""
+    if ahead is None:
+        return
+    ahead.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await ahead

@@ -136,6 +136,11 @@ def parse_record(raw: bytes) -> dict[str, Any]:
             doc = _UNDECODED
     if doc is _UNDECODED:
         doc = _DECODER.decode(raw.decode("utf-8"))
+    return envelope_of(doc)
+
+
+def envelope_of(doc: Any) -> dict[str, Any]:
+    """The envelope of a decoded record: the object itself, or the one it wraps."""
     if not isinstance(doc, dict):
         raise ValueError("record is not a JSON object")
     if "envelope" in doc:

@@ -24,6 +24,7 @@ from ofp.events import (
     _NotFinite,
     _reject_constant,
     canonical_body,
+    envelope_of,
     parse_record,
     payload_hash,
 )
@@ -33,14 +34,7 @@ _REFERENCE = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_consta
 
 def _reference_parse(raw: bytes) -> Any:
     """What parse_record did with the standard library alone."""
-    doc = _REFERENCE.decode(raw.decode("utf-8"))
-    if not isinstance(doc, dict):
-        raise ValueError("record is not a JSON object")
-    if "envelope" in doc:
-        if len(doc) != 1 or not isinstance(doc["envelope"], dict):
-            raise ValueError("a wrapped record must be exactly {\"envelope\": {...}}")
-        doc = doc["envelope"]
-    return doc
+    return envelope_of(_REFERENCE.decode(raw.decode("utf-8")))
 
 
 def _shape(value: Any) -> Any:

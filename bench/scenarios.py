@@ -468,6 +468,13 @@ async def _ingest(ctx: Context, label: str, n_events: int, *, replicas: int = 1
     return IngestRun(n_events, end - t0, sustained, progress, rss.samples, files), name, dsn
 
 
+async def _drop_ingest(ctx: Context, run: IngestRun, name: str) -> None:
+    """Remove what `_ingest` left: its database and its bus."""
+    await ctx.pg.drop(name)
+    for f in run.partitions:
+        shutil.rmtree(f.parent.parent, ignore_errors=True)
+
+
 async def _raw_copy(dsn: str, files: list[Path]) -> float:
     """Seconds to COPY the lines of `files` (one connection per file) into a plain table."""
     setup = await asyncpg.connect(dsn)
@@ -510,16 +517,12 @@ async def ingest(ctx: Context) -> None:
                 for _ in range(s.copy_repeats):
                     copy_eps.append(run.events / await _raw_copy(dsn, run.partitions))
         finally:
-            await ctx.pg.drop(name)
-            for f in run.partitions:
-                shutil.rmtree(f.parent.parent, ignore_errors=True)
+            await _drop_ingest(ctx, run, name)
     single = ""
     if s.ingest_replicas > 1:
         # The same stream through one replica, for scale: what one process does.
-        run, name, dsn = await _ingest(ctx, "ingest-single", s.ingest_events)
-        await ctx.pg.drop(name)
-        for f in run.partitions:
-            shutil.rmtree(f.parent.parent, ignore_errors=True)
+        run, name, _ = await _ingest(ctx, "ingest-single", s.ingest_events)
+        await _drop_ingest(ctx, run, name)
         single = (f"; one replica (`ofp-projector --once`, both partitions in one process):"
                   f" {fmt(run.sustained_eps)} events/s sustained")
     fig.reference_value = statistics.median(copy_eps)
@@ -541,9 +544,7 @@ async def memory(ctx: Context) -> None:
                  sizes=f"{s.memory_events:,} events, {max(1, s.memory_events // 20):,} keys,"
                  f" {s.ingest_partitions} partitions", command="ofp-projector --once")
     run, name, _ = await _ingest(ctx, "memory", s.memory_events)
-    await ctx.pg.drop(name)
-    for f in run.partitions:
-        shutil.rmtree(f.parent.parent, ignore_errors=True)
+    await _drop_ingest(ctx, run, name)
     base, peak, growth = run.rss_growth()
     fig.runs = [growth * 100]
     fig.reference_value = None

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, cast
 import msgspec
 
 from ofp.contracts.canonical import decimal_text, orjson_canonical
-from ofp.contracts.request import PIN_NAMES, unstorable_text
+from ofp.contracts.request import PIN_NAMES, storable_text, unstorable_text
 from ofp.contracts.schemas import ENVELOPE, envelope_errors, validator
 from ofp.contracts.timefmt import parse_micros
 from ofp.policy import FeatureGroup, Policy
@@ -361,7 +361,7 @@ def _short(exc: BaseException) -> str:
 
 def storable(text: str) -> str:
     """`text` made safe for a PostgreSQL text column (NUL and lone surrogates replaced)."""
-    if text.isascii() and "\x00" not in text:
-        return text  # the common case, and isascii() is a flag test
+    if storable_text(text):
+        return text  # the common case
     text = text.replace("\x00", "\ufffd")
     return text.encode("utf-8", "replace").decode("utf-8")

@@ -20,7 +20,7 @@ from .report import Figure, now_utc, render
 
 _SIZE_OPTIONS = ("repeats", "duration_s", "hot_events", "state_keys", "ingest_events",
                  "ingest_repeats", "memory_events", "freshness_repeats", "ingest_partitions",
-                 "server_processes", "ingest_replicas")
+                 "server_processes", "ingest_replicas", "p99_clients", "sat_clients")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

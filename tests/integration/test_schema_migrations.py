@@ -1,0 +1,93 @@
+"""Migrations applied to a database that already holds state keep it, and leave
+keys and event ids compared as bytes (0004)."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from ofp.store.db import migrate, migration_files
+
+KEYS = ["plain", "ünïcödé", "東京", "Z", "a", "emoji-🙂"]
+
+
+async def _migrate_to(conn: asyncpg.Connection, last: int) -> None:
+    await conn.execute(
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for version, name, path in migration_files():
+        if version <= last:
+            await conn.execute(path.read_text(encoding="utf-8"))
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+            )
+
+
+async def _collation(conn: asyncpg.Connection, table: str, column: str) -> str:
+    value: str = await conn.fetchval(
+        "SELECT coalesce(c.collname, 'default') FROM pg_attribute a"
+        " LEFT JOIN pg_collation c ON c.oid = a.attcollation"
+        " WHERE a.attrelid = $1::regclass AND a.attname = $2",
+        table,
+        column,
+    )
+    return value
+
+
+async def test_key_collation_migration_keeps_state_and_compares_bytes(fresh_dsn: str) -> None:
+    conn = await asyncpg.connect(fresh_dsn)
+    try:
+        await _migrate_to(conn, 3)
+        assert await _collation(conn, "feature_events", "key_id") == "default"
+        for i, key in enumerate(KEYS):
+            await conn.execute(
+                "INSERT INTO feature_events VALUES (1, 1, $1, $2, 1.5)", key, 1000 + i
+            )
+            await conn.execute(
+                "INSERT INTO feature_tiles VALUES (1, 1, $1, 0, 1, 1.5)", key
+            )
+            await conn.execute(
+                "INSERT INTO event_dedupe VALUES (1, $1, '\\x00', $2)", f"ev-{key}", 1000 + i
+            )
+
+        applied = await migrate(conn)
+        assert applied == ["0004_alter_key_collation"]
+
+        for table, column in (
+            ("feature_events", "key_id"),
+            ("feature_tiles", "key_id"),
+            ("event_dedupe", "event_id"),
+        ):
+            assert await _collation(conn, table, column) == "C"
+        # Lookups go through the rebuilt indexes and find every key, non-ASCII included.
+        await conn.execute("SET enable_seqscan = off")
+        for key in KEYS:
+            assert await conn.fetchval(
+                "SELECT count(*) FROM feature_events WHERE scope_id = 1 AND group_id = 1"
+                " AND key_id = $1 AND ts_us > 0", key
+            ) == 1
+            assert await conn.fetchval(
+                "SELECT event_count FROM feature_tiles WHERE scope_id = 1 AND group_id = 1"
+                " AND key_id = $1 AND tile_start_us = 0", key
+            ) == 1
+            assert await conn.fetchval(
+                "SELECT ts_us FROM event_dedupe WHERE scope_id = 1 AND event_id = $1",
+                f"ev-{key}",
+            ) is not None
+        # Index order is code point order, the order Python sorts str in.
+        ordered = await conn.fetch(
+            "SELECT key_id FROM feature_tiles WHERE scope_id = 1 AND group_id = 1"
+            " ORDER BY scope_id, group_id, key_id"
+        )
+        assert [r["key_id"] for r in ordered] == sorted(KEYS)
+        # The primary key still refuses a second (scope, event_id).
+        try:
+            await conn.execute(
+                "INSERT INTO event_dedupe VALUES (1, 'ev-東京', '\\x01', 1)"
+            )
+        except asyncpg.UniqueViolationError:
+            pass
+        else:
+            raise AssertionError("event_dedupe accepted a duplicate event_id")
+    finally:
+        await conn.close()

@@ -43,9 +43,7 @@ async def test_key_collation_migration_keeps_state_and_compares_bytes(fresh_dsn:
             await conn.execute(
                 "INSERT INTO feature_events VALUES (1, 1, $1, $2, 1.5)", key, 1000 + i
             )
-            await conn.execute(
-                "INSERT INTO feature_tiles VALUES (1, 1, $1, 0, 1, 1.5)", key
-            )
+            await conn.execute("INSERT INTO feature_tiles VALUES (1, 1, $1, 0, 1, 1.5)", key)
             await conn.execute(
                 "INSERT INTO event_dedupe VALUES (1, $1, '\\x00', $2)", f"ev-{key}", 1000 + i
             )
@@ -62,18 +60,29 @@ async def test_key_collation_migration_keeps_state_and_compares_bytes(fresh_dsn:
         # Lookups go through the rebuilt indexes and find every key, non-ASCII included.
         await conn.execute("SET enable_seqscan = off")
         for key in KEYS:
-            assert await conn.fetchval(
-                "SELECT count(*) FROM feature_events WHERE scope_id = 1 AND group_id = 1"
-                " AND key_id = $1 AND ts_us > 0", key
-            ) == 1
-            assert await conn.fetchval(
-                "SELECT event_count FROM feature_tiles WHERE scope_id = 1 AND group_id = 1"
-                " AND key_id = $1 AND tile_start_us = 0", key
-            ) == 1
-            assert await conn.fetchval(
-                "SELECT ts_us FROM event_dedupe WHERE scope_id = 1 AND event_id = $1",
-                f"ev-{key}",
-            ) is not None
+            assert (
+                await conn.fetchval(
+                    "SELECT count(*) FROM feature_events WHERE scope_id = 1 AND group_id = 1"
+                    " AND key_id = $1 AND ts_us > 0",
+                    key,
+                )
+                == 1
+            )
+            assert (
+                await conn.fetchval(
+                    "SELECT event_count FROM feature_tiles WHERE scope_id = 1 AND group_id = 1"
+                    " AND key_id = $1 AND tile_start_us = 0",
+                    key,
+                )
+                == 1
+            )
+            assert (
+                await conn.fetchval(
+                    "SELECT ts_us FROM event_dedupe WHERE scope_id = 1 AND event_id = $1",
+                    f"ev-{key}",
+                )
+                is not None
+            )
         # Index order is code point order, the order Python sorts str in.
         ordered = await conn.fetch(
             "SELECT key_id FROM feature_tiles WHERE scope_id = 1 AND group_id = 1"
@@ -82,9 +91,7 @@ async def test_key_collation_migration_keeps_state_and_compares_bytes(fresh_dsn:
         assert [r["key_id"] for r in ordered] == sorted(KEYS)
         # The primary key still refuses a second (scope, event_id).
         try:
-            await conn.execute(
-                "INSERT INTO event_dedupe VALUES (1, 'ev-東京', '\\x01', 1)"
-            )
+            await conn.execute("INSERT INTO event_dedupe VALUES (1, 'ev-東京', '\\x01', 1)")
         except asyncpg.UniqueViolationError:
             pass
         else:

@@ -291,8 +291,12 @@ async def apply_batch(
                 ],
                 columns=["scope_id", "event_id", "payload_hash", "ts_us"],
             )
-            # Keys the store already held: usually none.
-            rejected = {(int(r[0]), r[1]) for r in await conn.fetch(_INSERT_DEDUPE)}
+            # Keys the store already held: usually none, which the insert's row
+            # count shows without sending any key back.
+            status = await conn.execute(_INSERT_DEDUPE)
+            rejected: set[tuple[int, str]] = set()
+            if int(status.rsplit(" ", 1)[1]) != len(first_seen):
+                rejected = {(int(r[0]), r[1]) for r in await conn.fetch(_REJECTED_DEDUPE)}
             stored: dict[tuple[int, str], bytes] = {}
             if rejected:
                 # A separate statement: it must see rows that a concurrent batch
@@ -416,14 +420,20 @@ _STAGING_TABLES = (
 )
 # Rows are inserted in key order (code point order, as Python sorts str) so
 # concurrent batches of different partitions take row locks in one order.
-# Returns the staged keys the store already held.
 _INSERT_DEDUPE = (
-    "WITH ins AS (INSERT INTO event_dedupe (scope_id, event_id, payload_hash, ts_us)"
+    "INSERT INTO event_dedupe (scope_id, event_id, payload_hash, ts_us)"
     " SELECT scope_id, event_id, payload_hash, ts_us FROM ofp_batch_dedupe"
     ' ORDER BY scope_id, event_id COLLATE "C"'
-    " ON CONFLICT DO NOTHING RETURNING scope_id, event_id)"
-    " SELECT b.scope_id, b.event_id FROM ofp_batch_dedupe b WHERE NOT EXISTS"
-    " (SELECT 1 FROM ins WHERE ins.scope_id = b.scope_id AND ins.event_id = b.event_id)"
+    " ON CONFLICT DO NOTHING"
+)
+# The staged keys this transaction did not insert: the store held them already
+# (or another batch committed them while the insert waited). Only asked when
+# the insert's count falls short; the batch's own rows carry its xid as xmin
+# (the apply runs in one transaction without savepoints).
+_REJECTED_DEDUPE = (
+    "SELECT b.scope_id, b.event_id FROM ofp_batch_dedupe b WHERE NOT EXISTS"
+    " (SELECT 1 FROM event_dedupe d WHERE d.scope_id = b.scope_id"
+    " AND d.event_id = b.event_id AND d.xmin = pg_current_xact_id()::xid)"
 )
 # Tile starts floor to the tile ($1 µs) before 1970 too, as windows.tile_start does.
 _INSERT_STATE = (

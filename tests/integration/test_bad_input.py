@@ -110,6 +110,45 @@ async def test_same_event_id_with_another_payload_is_quarantined_and_state_uncha
     assert str(total) == "10"
 
 
+async def test_a_batch_mixing_new_and_stored_event_ids_applies_only_the_new_ones(
+    pool: asyncpg.Pool, bus_root: Path
+) -> None:
+    """One batch holds new events, a retry of a stored one and a conflicting
+    reuse of another: only the new ones reach events and tiles."""
+    d = bus_root / TOPIC
+    d.mkdir(parents=True)
+    path = d / "partition=0.jsonl"
+    a = envelope("a" * 32, BASE_US + 1, "A", {"flow_id": 1, "amount": "1"})
+    b = envelope("b" * 32, BASE_US + 2, "A", {"flow_id": 1, "amount": "2"})
+    path.write_text(json.dumps(a) + "\n" + json.dumps(b) + "\n")
+    first = await project_once(pool, bus_root)
+    assert first.by_outcome == {"APPLIED": 2}
+
+    c = envelope("c" * 32, BASE_US + 3, "A", {"flow_id": 1, "amount": "4"})
+    a_retry = {**a, "trace_id": "retry-2"}
+    b_changed = {**b, "payload": {"flow_id": 1, "amount": "200"}}
+    e = envelope("e" * 32, BASE_US + 4, "A", {"flow_id": 2, "amount": "8"})
+    with path.open("a") as f:
+        for doc in (c, a_retry, b_changed, e):
+            f.write(json.dumps(doc) + "\n")
+    second = await project_once(pool, bus_root)
+    assert second.by_outcome == {"APPLIED": 2, "DUPLICATE": 1, "QUARANTINED": 1}
+    async with pool.acquire() as conn:
+        events = await conn.fetch(
+            "SELECT key_id, amount::text AS amount FROM feature_events ORDER BY ts_us"
+        )
+        tiles = await conn.fetch(
+            "SELECT key_id, sum(event_count)::bigint AS n, sum(amount_sum)::text AS s"
+            " FROM feature_tiles GROUP BY key_id ORDER BY key_id"
+        )
+        reason = await conn.fetchval("SELECT reason FROM quarantine")
+    assert [(r["key_id"], r["amount"]) for r in events] == [
+        ("1", "1"), ("1", "2"), ("1", "4"), ("2", "8")
+    ]
+    assert [(r["key_id"], r["n"], r["s"]) for r in tiles] == [("1", 3, "7"), ("2", 1, "8")]
+    assert reason == "payload_conflict"
+
+
 async def test_generated_stream_gives_every_record_exactly_one_outcome(
     pool: asyncpg.Pool, bus_root: Path
 ) -> None:

@@ -280,21 +280,28 @@ async def apply_batch(
 
         applied: list[tuple[int, Candidate]] = []
         valid_ts: list[int] = []
+        rejected: set[tuple[int, str]] = set()
         if first_seen:
-            await conn.execute(_STAGING_TABLES)
-            # The batch's rows travel by binary COPY: array parameters would
-            # cost asyncpg several isinstance checks against ABCs per element.
+            await conn.execute(_STAGING_TABLE)
+            # One row per contribution, the event's dedupe columns on each
+            # (`first` marks the row that stands for the event); binary COPY:
+            # array parameters would cost asyncpg several isinstance checks
+            # against ABCs per element. Amounts travel as Decimal text (exact,
+            # possibly with an exponent, which numeric input reads): asyncpg's
+            # binary numeric encoder costs about 2 µs a row, text a tenth.
             await conn.copy_records_to_table(
-                "ofp_batch_dedupe",
+                "ofp_batch",
                 records=[
-                    (k[0], k[1], c.payload_hash, c.ts_us) for k, (_, c) in first_seen.items()
+                    (k[0], k[1], c.payload_hash, c.ts_us, i == 0,
+                     group_ids[contrib.group_index], contrib.key_id, str(contrib.amount))
+                    for k, (_, c) in first_seen.items()
+                    for i, contrib in enumerate(c.contributions)
                 ],
-                columns=["scope_id", "event_id", "payload_hash", "ts_us"],
+                columns=_STAGED_COLUMNS,
             )
             # Keys the store already held: usually none, which the insert's row
             # count shows without sending any key back.
             status = await conn.execute(_INSERT_DEDUPE)
-            rejected: set[tuple[int, str]] = set()
             if int(status.rsplit(" ", 1)[1]) != len(first_seen):
                 rejected = {(int(r[0]), r[1]) for r in await conn.fetch(_REJECTED_DEDUPE)}
             stored: dict[tuple[int, str], bytes] = {}
@@ -333,7 +340,16 @@ async def apply_batch(
                 result.outcomes[(Outcome.DUPLICATE, "")] += n_duplicate
 
         if applied:
-            await _write_state(conn, applied, group_ids)
+            if rejected:
+                # The stage still holds the events the store refused: only the
+                # applied ones may reach the state.
+                await conn.execute(
+                    "DELETE FROM ofp_batch b USING unnest($1::integer[], $2::text[]) AS r(s, e)"
+                    " WHERE b.scope_id = r.s AND b.event_id = r.e",
+                    [k[0] for k in rejected],
+                    [k[1] for k in rejected],
+                )
+            await conn.execute(_INSERT_STATE, TILE_US)
 
         if quarantined:
             quarantined.sort(key=lambda x: x[0].offset)
@@ -384,45 +400,22 @@ def _conflict(c: Candidate) -> Quarantined:
     )
 
 
-async def _write_state(
-    conn: asyncpg.Connection, applied: list[tuple[int, Candidate]], group_ids: list[int]
-) -> None:
-    """Insert the applied events and fold them into their tiles.
-
-    The events are staged by COPY and the tile sums taken by PostgreSQL from
-    the stage: numeric addition there is exact, as it is in Decimal, and the
-    rows cross the wire once. Amounts travel as Decimal text (exact, possibly
-    with an exponent, which numeric input reads): asyncpg's binary numeric
-    encoder costs about 2 µs a row, text a tenth of that.
-    """
-    await conn.copy_records_to_table(
-        "ofp_batch_events",
-        records=[
-            (scope_id, group_ids[contrib.group_index], contrib.key_id, cand.ts_us,
-             str(contrib.amount))
-            for scope_id, cand in applied
-            for contrib in cand.contributions
-        ],
-        columns=["scope_id", "group_id", "key_id", "ts_us", "amount"],
-    )
-    await conn.execute(_INSERT_STATE, TILE_US)
-
-
-# Per-session staging of one batch; ON COMMIT DELETE ROWS empties them with
-# each transaction, so a batch never sees another's rows.
-_STAGING_TABLES = (
-    "CREATE TEMP TABLE IF NOT EXISTS ofp_batch_dedupe (scope_id integer NOT NULL,"
-    " event_id text NOT NULL, payload_hash bytea NOT NULL, ts_us bigint NOT NULL)"
-    " ON COMMIT DELETE ROWS;"
-    " CREATE TEMP TABLE IF NOT EXISTS ofp_batch_events (scope_id integer NOT NULL,"
-    " group_id smallint NOT NULL, key_id text NOT NULL, ts_us bigint NOT NULL,"
+# Per-session staging of one batch; ON COMMIT DELETE ROWS empties it with each
+# transaction, so a batch never sees another's rows.
+_STAGING_TABLE = (
+    "CREATE TEMP TABLE IF NOT EXISTS ofp_batch (scope_id integer NOT NULL,"
+    " event_id text NOT NULL, payload_hash bytea NOT NULL, ts_us bigint NOT NULL,"
+    " first boolean NOT NULL, group_id smallint NOT NULL, key_id text NOT NULL,"
     " amount text NOT NULL) ON COMMIT DELETE ROWS"
 )
+_STAGED_COLUMNS = [
+    "scope_id", "event_id", "payload_hash", "ts_us", "first", "group_id", "key_id", "amount"
+]
 # Rows are inserted in key order (code point order, as Python sorts str) so
 # concurrent batches of different partitions take row locks in one order.
 _INSERT_DEDUPE = (
     "INSERT INTO event_dedupe (scope_id, event_id, payload_hash, ts_us)"
-    " SELECT scope_id, event_id, payload_hash, ts_us FROM ofp_batch_dedupe"
+    " SELECT scope_id, event_id, payload_hash, ts_us FROM ofp_batch WHERE first"
     ' ORDER BY scope_id, event_id COLLATE "C"'
     " ON CONFLICT DO NOTHING"
 )
@@ -431,19 +424,22 @@ _INSERT_DEDUPE = (
 # the insert's count falls short; the batch's own rows carry its xid as xmin
 # (the apply runs in one transaction without savepoints).
 _REJECTED_DEDUPE = (
-    "SELECT b.scope_id, b.event_id FROM ofp_batch_dedupe b WHERE NOT EXISTS"
+    "SELECT b.scope_id, b.event_id FROM ofp_batch b WHERE b.first AND NOT EXISTS"
     " (SELECT 1 FROM event_dedupe d WHERE d.scope_id = b.scope_id"
     " AND d.event_id = b.event_id AND d.xmin = pg_current_xact_id()::xid)"
 )
-# Tile starts floor to the tile ($1 µs) before 1970 too, as windows.tile_start does.
+# The staged contributions become feature events, and their exact sums per
+# (key, tile) are folded into the tiles by PostgreSQL: numeric addition there
+# is exact, as it is in Decimal, and the rows cross the wire once. Tile starts
+# floor to the tile ($1 µs) before 1970 too, as windows.tile_start does.
 _INSERT_STATE = (
     "WITH ev AS (INSERT INTO feature_events (scope_id, group_id, key_id, ts_us, amount)"
-    " SELECT scope_id, group_id, key_id, ts_us, amount::numeric FROM ofp_batch_events)"
+    " SELECT scope_id, group_id, key_id, ts_us, amount::numeric FROM ofp_batch)"
     " INSERT INTO feature_tiles (scope_id, group_id, key_id, tile_start_us, event_count,"
     " amount_sum) SELECT scope_id, group_id, key_id, tile, count(*), sum(amount)"
     " FROM (SELECT scope_id, group_id, key_id, amount::numeric AS amount,"
     " ts_us - ((ts_us % $1::bigint) + $1::bigint) % $1::bigint AS tile"
-    " FROM ofp_batch_events) s"
+    " FROM ofp_batch) s"
     ' GROUP BY scope_id, group_id, key_id, tile ORDER BY scope_id, group_id, key_id COLLATE "C",'
     " tile ON CONFLICT (scope_id, group_id, key_id, tile_start_us) DO UPDATE SET"
     " event_count = feature_tiles.event_count + EXCLUDED.event_count,"

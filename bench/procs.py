@@ -150,6 +150,15 @@ def start_echo_server(port: int, log_path: Path, *, processes: int = 1,
     ])
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far (children excluded)."""
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
 @dataclass
 class RssSampler:
     """Samples one process's RSS (bytes) every `interval_s` on a background thread."""

@@ -219,6 +219,8 @@ async def serving(ctx: Context) -> None:
                  sizes=sat.sizes)
     echo_rps: list[float] = []
     floor_rps: list[float] = []
+    # Server CPU per request (µs): steadier than req/s on a VM whose speed drifts.
+    cpu_us: dict[str, list[float]] = {"echo": [], "floor": [], "ofp": []}
     echo_peak = 0
     async with served(ctx, "serving", small_state) as srv, echo(ctx) as (echo_port, echo_proc), \
             echo(ctx, select_1_dsn=srv.dsn) as (floor_port, floor_proc):
@@ -227,21 +229,30 @@ async def serving(ctx: Context) -> None:
             for _ in range(s.repeats):
                 await check_alive(echo_port, [1], echo_proc, expect_keys=False)
                 with procs.RssSamplers(echo_proc.pids) as e_rss:
+                    c0 = procs.cpu_seconds(echo_proc.pids)
                     e = await asyncio.to_thread(
                         h2load.closed_loop, url(echo_port), body, requests=s.sat_requests_echo,
                         clients=s.sat_clients, streams=s.sat_streams)
+                    cpu_us["echo"].append(
+                        (procs.cpu_seconds(echo_proc.pids) - c0) * 1e6 / s.sat_requests_echo)
                 echo_rps.append(e.req_per_s)
                 echo_peak = max(echo_peak, e_rss.peak)
                 # The floor of any database-backed handler: echo after one SELECT 1.
                 await check_alive(floor_port, [1], floor_proc, expect_keys=False)
+                c0 = procs.cpu_seconds(floor_proc.pids)
                 f = await asyncio.to_thread(
                     h2load.closed_loop, url(floor_port), body, requests=s.sat_requests_echo,
                     clients=s.sat_clients, streams=s.sat_streams)
+                cpu_us["floor"].append(
+                    (procs.cpu_seconds(floor_proc.pids) - c0) * 1e6 / s.sat_requests_echo)
                 floor_rps.append(f.req_per_s)
                 await check_alive(srv.port, [1], srv.server)
+                c0 = procs.cpu_seconds(srv.server.pids)
                 r = await asyncio.to_thread(
                     h2load.closed_loop, url(srv.port), body, requests=s.sat_requests_features,
                     clients=s.sat_clients, streams=s.sat_streams)
+                cpu_us["ofp"].append(
+                    (procs.cpu_seconds(srv.server.pids) - c0) * 1e6 / s.sat_requests_features)
                 sat.runs.append(r.req_per_s)
                 sat.command = r.command.replace(f":{srv.port}/", ":PORT/")
         rss.runs = [server_rss.peak / MB]
@@ -255,7 +266,11 @@ async def serving(ctx: Context) -> None:
     sat.notes = (f"floor of any database-backed handler, same run: echo answering after one"
                  f" pooled asyncpg `SELECT 1` {fmt(floor)} req/s = {floor_ratio:.2f}"
                  f" x echo (runs: {', '.join(fmt(x) for x in floor_rps)}); OFP ="
-                 f" {fmt(sat.value or 0)} req/s = {(sat.value or 0) / floor:.2f} x that floor")
+                 f" {fmt(sat.value or 0)} req/s = {(sat.value or 0) / floor:.2f} x that floor;"
+                 f" server CPU per request (median, µs): echo"
+                 f" {statistics.median(cpu_us['echo']):.0f}, echo + `SELECT 1`"
+                 f" {statistics.median(cpu_us['floor']):.0f}, ofp-server"
+                 f" {statistics.median(cpu_us['ofp']):.0f}")
     sat.measured_at = rss.measured_at = now_utc()
     rss.reference_value = echo_peak / MB
     rss.reference = f"echo server peak {fmt(rss.reference_value)} MB"

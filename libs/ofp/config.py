@@ -67,6 +67,9 @@ class Settings:
     deadline_ms: int = 2000
     max_basis_lag_s: int = 300
     db_pool_max: int = 8
+    # Snapshot statements running at once; GetFeatures requests that arrive
+    # meanwhile are read together by the next one (ofp.store.coalesce).
+    db_reads_in_flight: int = 2
     # local runs without OFP_DATABASE_URL
     embedded_data_dir: str = ".ofp/pg"
     # operations: TLS / mTLS of the gRPC server, the plaintext health-only
@@ -93,6 +96,8 @@ class Settings:
         for name in ("batch_size", "max_keys", "max_groups", "max_message_bytes", "deadline_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
+        if not 1 <= self.db_reads_in_flight <= self.db_pool_max:
+            raise ConfigError("db_reads_in_flight must be within 1..db_pool_max")
         if self.max_keys > 100 or self.max_groups > 16:
             raise ConfigError("max_keys may not exceed 100 nor max_groups 16 (contract bounds)")
         for name in ("lease_ttl_s", "kinesis_poll_interval_ms", "kinesis_connect_timeout_ms",

@@ -49,6 +49,13 @@ class ServerMetrics:
             "1 while grpc.health.v1 reports SERVING (database answers, active policy)",
             registry=self.registry,
         )
+        self.statement_requests = Histogram(
+            "ofp_snapshot_statement_requests",
+            "GetFeatures requests answered by each snapshot statement (reads that"
+            " waited together share one)",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
         for state in ("GREEN", "AMBER", "RED"):  # exported at 0 before the first answer
             self.freshness.labels(state=state)
 
@@ -72,6 +79,9 @@ class ServerMetrics:
             if latency is None:
                 latency = self._latency[code] = self.get_features_seconds.labels(code=code)
             latency.observe(duration_s)
+
+    def snapshot_statement(self, requests: int) -> None:
+        self.statement_requests.observe(requests)
 
     def snapshot_served(self, *, state: str, flags: list[str]) -> None:
         child = self._states.get(state)

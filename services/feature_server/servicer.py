@@ -38,8 +38,9 @@ from ofp.health import Thresholds
 from ofp.logs import get_logger
 from ofp.policy import Policy, policy_from_normalized
 from ofp.snapshot import assemble_snapshot, plan_read
+from ofp.store.coalesce import CoalescingReader
 from ofp.store.db import is_transient
-from ofp.store.reads import SnapshotRow, active_groups, active_policy_content, read_snapshot
+from ofp.store.reads import SnapshotRow, active_groups, active_policy_content
 from ofp.store.status import read_status, report
 
 from .metrics import ServerMetrics
@@ -85,6 +86,11 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         self.policies = PolicyCache()
         self.metrics = metrics if metrics is not None else ServerMetrics()
         self.thresholds = Thresholds.from_settings(settings)
+        self.reader = CoalescingReader(
+            pool,
+            in_flight=settings.db_reads_in_flight,
+            on_statement=self.metrics.snapshot_statement,
+        )
 
     async def GetFeatures(
         self, request: pb.GetFeaturesRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -209,8 +215,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             if policy is None:
                 raise ContractError(ErrorCode.UNAVAILABLE, "no active feature policy yet")
             plan = plan_read(req, policy, self.policies.group_ids)
-            row: SnapshotRow | None = await read_snapshot(
-                self.pool,
+            row: SnapshotRow | None = await self.reader.read(
                 stream=policy.source_topic,
                 pins=_pins_tuple(req.pins),
                 probes=plan.probes,

@@ -91,3 +91,12 @@ def test_grpc_reuseport_is_off_by_default_and_read_as_a_boolean() -> None:
     assert load_settings(None, env={"OFP_GRPC_REUSEPORT": "0"}).grpc_reuseport is False
     with pytest.raises(ConfigError, match="grpc_reuseport"):
         load_settings(None, env={"OFP_GRPC_REUSEPORT": "maybe"})
+
+
+def test_reads_in_flight_defaults_to_two_and_stays_within_the_pool() -> None:
+    assert load_settings(None, env={}).db_reads_in_flight == 2
+    assert load_settings(None, env={"OFP_DB_READS_IN_FLIGHT": "1"}).db_reads_in_flight == 1
+    for bad in ({"OFP_DB_READS_IN_FLIGHT": "0"},
+                {"OFP_DB_READS_IN_FLIGHT": "9", "OFP_DB_POOL_MAX": "8"}):
+        with pytest.raises(ConfigError, match="db_reads_in_flight"):
+            load_settings(None, env=bad)

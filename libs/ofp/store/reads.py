@@ -2,11 +2,15 @@
 
 A single SQL statement sees a single MVCC snapshot, so the feature values, the
 checkpoints they are reported against and the active policy can never come
-from different moments, and the read costs one round trip.
+from different moments, and the read costs one round trip. One statement may
+answer several requests at once (`read_snapshots`, used by the server's
+`CoalescingReader`): each still gets one consistent snapshot, taken after it
+arrived.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -15,14 +19,19 @@ import asyncpg
 
 from ofp.windows import WindowProbe
 
-SNAPSHOT_SQL = """
-WITH scope AS (
-    SELECT scope_id FROM run_scopes
-    WHERE platform_run_id = $2 AND scenario_run_id = $3 AND scenario_id = $4
-      AND manifest_fingerprint = $5 AND parameter_hash = $6 AND seed = $7
+SNAPSHOTS_SQL = """
+-- The run scope of each distinct pin set of the batch (NULL: never seen).
+WITH ps AS (
+    SELECT (u.ord - 1)::integer AS ps, s.scope_id
+    FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::numeric[])
+        WITH ORDINALITY AS u(platform_run_id, scenario_run_id, scenario_id,
+                             manifest_fingerprint, parameter_hash, seed, ord)
+    LEFT JOIN run_scopes s
+        USING (platform_run_id, scenario_run_id, scenario_id, manifest_fingerprint,
+               parameter_hash, seed)
 ),
--- The distinct windows of the request: their bounds depend only on (as-of,
--- duration), so every key shares them and the parameters stay small.
+-- The distinct windows of each request: their bounds depend only on (as-of,
+-- duration), so every key of a request shares them and the parameters stay small.
 win AS (
     SELECT (w.ord - 1)::integer AS win, w.lo_us, w.hi_us, w.edge_lo_end_us, w.tile_from_us,
            w.tile_to_us, w.edge_hi_start_us
@@ -31,52 +40,60 @@ win AS (
         WITH ORDINALITY AS w(lo_us, hi_us, edge_lo_end_us, tile_from_us, tile_to_us,
                              edge_hi_start_us, ord)
 ),
--- One cell per (group, key) asked for.
-cell AS (
-    SELECT (c.ord - 1)::integer AS cell, c.group_id, c.key_id
-    FROM unnest($14::smallint[], $15::text[]) WITH ORDINALITY AS c(group_id, key_id, ord)
+-- Each request's pin set and as-of.
+req AS (
+    SELECT (r.ord - 1)::integer AS req, r.ps, r.as_of_us
+    FROM unnest($14::integer[], $15::bigint[]) WITH ORDINALITY AS r(ps, as_of_us, ord)
 ),
--- Which windows each group has.
+-- One cell per (request, group, key), with its request's scope and as-of.
+cell AS (
+    SELECT (c.ord - 1)::integer AS cell, c.req, p.scope_id, c.group_id, c.key_id, r.as_of_us
+    FROM unnest($16::integer[], $17::smallint[], $18::text[])
+        WITH ORDINALITY AS c(req, group_id, key_id, ord)
+    JOIN req r ON r.req = c.req
+    JOIN ps p ON p.ps = r.ps
+),
+-- Which windows each (request, group) has.
 probe AS (
-    SELECT c.cell, c.group_id, c.key_id, w.*
-    FROM unnest($16::smallint[], $17::integer[]) AS gw(group_id, win)
-    JOIN cell c ON c.group_id = gw.group_id
+    SELECT c.cell, c.scope_id, c.group_id, c.key_id, w.*
+    FROM unnest($19::integer[], $20::smallint[], $21::integer[]) AS gw(req, group_id, win)
+    JOIN cell c ON c.req = gw.req AND c.group_id = gw.group_id
     JOIN win w ON w.win = gw.win
 ),
 vals AS (
     SELECT p.cell, p.win,
            (coalesce(t.n, 0) + e1.n + e2.n)::bigint AS n,
            coalesce(t.s, 0) + coalesce(e1.s, 0) + coalesce(e2.s, 0) AS s
-    FROM probe p CROSS JOIN scope sc
+    FROM probe p
     CROSS JOIN LATERAL (
         SELECT sum(event_count) AS n, sum(amount_sum) AS s FROM feature_tiles t
-        WHERE t.scope_id = sc.scope_id AND t.group_id = p.group_id AND t.key_id = p.key_id
+        WHERE t.scope_id = p.scope_id AND t.group_id = p.group_id AND t.key_id = p.key_id
           AND t.tile_start_us >= p.tile_from_us AND t.tile_start_us < p.tile_to_us) t
     CROSS JOIN LATERAL (
         SELECT count(*) AS n, sum(amount) AS s FROM feature_events e
-        WHERE e.scope_id = sc.scope_id AND e.group_id = p.group_id AND e.key_id = p.key_id
+        WHERE e.scope_id = p.scope_id AND e.group_id = p.group_id AND e.key_id = p.key_id
           AND e.ts_us > p.lo_us AND e.ts_us < p.edge_lo_end_us) e1
     CROSS JOIN LATERAL (
         SELECT count(*) AS n, sum(amount) AS s FROM feature_events e
-        WHERE e.scope_id = sc.scope_id AND e.group_id = p.group_id AND e.key_id = p.key_id
+        WHERE e.scope_id = p.scope_id AND e.group_id = p.group_id AND e.key_id = p.key_id
           AND e.ts_us >= p.edge_hi_start_us AND e.ts_us <= p.hi_us) e2
 ),
--- The latest event of each cell within its group's longest window, (lo, $20].
+-- The latest event of each cell within its group's longest window, (lo, as-of].
 lasts AS (
     SELECT c.cell, (
         SELECT max(e.ts_us) FROM feature_events e
-        WHERE e.scope_id = sc.scope_id AND e.group_id = c.group_id AND e.key_id = c.key_id
-          AND e.ts_us > lg.lo_us AND e.ts_us <= $20) AS last_us
+        WHERE e.scope_id = c.scope_id AND e.group_id = c.group_id AND e.key_id = c.key_id
+          AND e.ts_us > lg.lo_us AND e.ts_us <= c.as_of_us) AS last_us
     FROM cell c
-    JOIN unnest($18::smallint[], $19::bigint[]) AS lg(group_id, lo_us) ON lg.group_id = c.group_id
-    CROSS JOIN scope sc
+    JOIN unnest($22::integer[], $23::smallint[], $24::bigint[]) AS lg(req, group_id, lo_us)
+        ON lg.req = c.req AND lg.group_id = c.group_id
 ),
 cp AS (
     SELECT partition, offset_kind, next_offset, max_event_us
     FROM checkpoints WHERE stream = $1
 )
 SELECT a.policy_id, a.revision, pol.content_digest, pol.run_config_digest,
-       (SELECT scope_id FROM scope) AS scope_id,
+       (SELECT array_agg(scope_id ORDER BY ps) FROM ps) AS scope_ids,
        (SELECT retained_from_us FROM retention WHERE stream = $1) AS retained_from_us,
        (SELECT array_agg(DISTINCT offset_kind) FROM cp) AS offset_kinds,
        (SELECT array_agg(partition ORDER BY partition) FROM cp) AS partitions,
@@ -93,6 +110,8 @@ SELECT a.policy_id, a.revision, pol.content_digest, pol.run_config_digest,
 FROM active_policy a
 JOIN policies pol USING (policy_id, revision)
 """
+
+Pins = tuple[str, str, str, str, str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,32 +151,91 @@ async def read_snapshot(
     conn: asyncpg.Connection | asyncpg.Pool,
     *,
     stream: str,
-    pins: tuple[str, str, str, str, str, int],
+    pins: Pins,
     probes: ReadProbes,
 ) -> SnapshotRow | None:
-    """None when no policy is active yet."""
-    w = probes.windows
+    """One request's read; None when no policy is active yet."""
+    rows = await read_snapshots(conn, stream=stream, reads=[(pins, probes)])
+    return None if rows is None else rows[0]
+
+
+async def read_snapshots(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    stream: str,
+    reads: Sequence[tuple[Pins, ReadProbes]],
+) -> list[SnapshotRow] | None:
+    """Several requests' reads in ONE statement, so in one MVCC snapshot.
+
+    Each request gets its own row, with its own cell and window numbering, as
+    if it had been read alone; the policy, checkpoints and retention floor are
+    the statement's, shared. None when no policy is active yet.
+    """
+    pin_sets: dict[Pins, int] = {}
+    r_ps: list[int] = []
+    r_as_of: list[int] = []
+    windows: list[WindowProbe] = []
+    win_base: list[int] = []
+    cell_base: list[int] = []
+    c_req: list[int] = []
+    c_group: list[int] = []
+    c_key: list[str] = []
+    gw_req: list[int] = []
+    gw_group: list[int] = []
+    gw_win: list[int] = []
+    lg_req: list[int] = []
+    lg_group: list[int] = []
+    lg_lo: list[int] = []
+    for r, (pins, probes) in enumerate(reads):
+        r_ps.append(pin_sets.setdefault(pins, len(pin_sets)))
+        r_as_of.append(probes.as_of_us)
+        w0 = len(windows)
+        win_base.append(w0)
+        cell_base.append(len(c_key))
+        windows.extend(probes.windows)
+        c_req.extend([r] * len(probes.cells))
+        c_group.extend(g for g, _ in probes.cells)
+        c_key.extend(k for _, k in probes.cells)
+        gw_req.extend([r] * len(probes.group_windows))
+        gw_group.extend(g for g, _ in probes.group_windows)
+        gw_win.extend(w0 + w for _, w in probes.group_windows)
+        lg_req.extend([r] * len(probes.last_from))
+        lg_group.extend(g for g, _ in probes.last_from)
+        lg_lo.extend(lo for _, lo in probes.last_from)
+    pin_list = list(pin_sets)
     row = await conn.fetchrow(
-        SNAPSHOT_SQL,
-        stream, *pins[:5], Decimal(pins[5]),
-        [x.lo_us for x in w],
-        [x.hi_us for x in w],
-        [x.edge_lo_end_us for x in w],
-        [x.tile_from_us for x in w],
-        [x.tile_to_us for x in w],
-        [x.edge_hi_start_us for x in w],
-        [c[0] for c in probes.cells],
-        [c[1] for c in probes.cells],
-        [g[0] for g in probes.group_windows],
-        [g[1] for g in probes.group_windows],
-        [g[0] for g in probes.last_from],
-        [g[1] for g in probes.last_from],
-        probes.as_of_us,
+        SNAPSHOTS_SQL,
+        stream,
+        [p[0] for p in pin_list],
+        [p[1] for p in pin_list],
+        [p[2] for p in pin_list],
+        [p[3] for p in pin_list],
+        [p[4] for p in pin_list],
+        [Decimal(p[5]) for p in pin_list],
+        [x.lo_us for x in windows],
+        [x.hi_us for x in windows],
+        [x.edge_lo_end_us for x in windows],
+        [x.tile_from_us for x in windows],
+        [x.tile_to_us for x in windows],
+        [x.edge_hi_start_us for x in windows],
+        r_ps,
+        r_as_of,
+        c_req,
+        c_group,
+        c_key,
+        gw_req,
+        gw_group,
+        gw_win,
+        lg_req,
+        lg_group,
+        lg_lo,
     )
     if row is None:
         return None
     partitions = row["partitions"] or []
-    offsets = row["offsets"] or []
+    offsets = [(int(p), str(o)) for p, o in zip(partitions, row["offsets"] or [], strict=True)]
+    offset_kinds = list(row["offset_kinds"] or [])
+    scope_ids = row["scope_ids"] or []
     # array_agg over no rows is NULL, not an empty array.
     val_cells = row["val_cells"] or []
     val_wins = row["val_wins"] or []
@@ -165,22 +243,39 @@ async def read_snapshot(
     val_sums = row["val_sums"] or []
     last_cells = row["last_cells"] or []
     last_us = row["last_us"] or []
-    return SnapshotRow(
-        policy_id=row["policy_id"],
-        revision=row["revision"],
-        content_digest=row["content_digest"],
-        run_config_digest=row["run_config_digest"],
-        scope_id=row["scope_id"],
-        retained_from_us=row["retained_from_us"],
-        offset_kinds=list(row["offset_kinds"] or []),
-        offsets=[(int(p), str(o)) for p, o in zip(partitions, offsets, strict=True)],
-        watermark_us=row["watermark_us"],
-        values={
-            (c, w): (n, v)
-            for c, w, n, v in zip(val_cells, val_wins, val_counts, val_sums, strict=True)
-        },
-        lasts=dict(zip(last_cells, last_us, strict=True)),
-    )
+    values: list[dict[tuple[int, int], tuple[int, str]]]
+    lasts: list[dict[int, int | None]]
+    if len(reads) == 1:
+        values = [{(c, w): (n, v) for c, w, n, v in
+                   zip(val_cells, val_wins, val_counts, val_sums, strict=True)}]
+        lasts = [dict(zip(last_cells, last_us, strict=True))]
+    else:
+        # Cells and windows are numbered request after request: back to each
+        # request's own numbering.
+        values = [{} for _ in reads]
+        for c, w, n, v in zip(val_cells, val_wins, val_counts, val_sums, strict=True):
+            r = c_req[c]
+            values[r][(c - cell_base[r], w - win_base[r])] = (n, v)
+        lasts = [{} for _ in reads]
+        for c, t in zip(last_cells, last_us, strict=True):
+            r = c_req[c]
+            lasts[r][c - cell_base[r]] = t
+    return [
+        SnapshotRow(
+            policy_id=row["policy_id"],
+            revision=row["revision"],
+            content_digest=row["content_digest"],
+            run_config_digest=row["run_config_digest"],
+            scope_id=scope_ids[r_ps[r]],
+            retained_from_us=row["retained_from_us"],
+            offset_kinds=offset_kinds,
+            offsets=offsets,
+            watermark_us=row["watermark_us"],
+            values=values[r],
+            lasts=lasts[r],
+        )
+        for r in range(len(reads))
+    ]
 
 
 async def active_groups(conn: asyncpg.Connection | asyncpg.Pool) -> dict[tuple[str, str], int]:

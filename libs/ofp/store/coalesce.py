@@ -1,0 +1,135 @@
+"""Snapshot reads that wait together are answered by one statement.
+
+A snapshot statement's cost in PostgreSQL is mostly fixed (starting and
+ending a plan of ~80 nodes), and so is the client's per-call work; each extra
+key adds little (docs/performance.md: one key ~0.2-0.4 ms of PostgreSQL CPU,
+eight keys ~0.4-0.6 ms). So at most `in_flight` statements run at once, and
+the requests that arrive while they run are read together by the next one.
+An idle server sends each request's statement at once: nothing waits for a
+batch to fill. Under load the batches grow by themselves.
+
+Every request still gets one consistent snapshot, taken after it arrived,
+and its own cells and windows (see `read_snapshots`). A request whose caller
+gave up (deadline, cancellation) before its statement was sent is dropped
+from the batch; once sent, the others' answers do not depend on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from .reads import Pins, ReadProbes, SnapshotRow, read_snapshots
+
+# One statement carries at most this many requests and cells (a request
+# larger than the cell bound goes alone): the statement's parameters and the
+# answer stay a few hundred kilobytes at most.
+MAX_REQUESTS = 64
+MAX_CELLS = 2_000
+
+
+@dataclass(slots=True)
+class _Waiting:
+    stream: str
+    pins: Pins
+    probes: ReadProbes
+    future: asyncio.Future[SnapshotRow | None]
+
+
+class CoalescingReader:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        in_flight: int,
+        on_statement: Callable[[int], None] | None = None,
+    ) -> None:
+        """`on_statement(n)` is told how many requests each statement answers."""
+        if in_flight < 1:
+            raise ValueError("in_flight must be >= 1")
+        self._pool = pool
+        self._in_flight = in_flight
+        self._running = 0
+        self._waiting: deque[_Waiting] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_statement = on_statement
+
+    async def read(self, *, stream: str, pins: Pins, probes: ReadProbes) -> SnapshotRow | None:
+        """The request's snapshot row (None: no active policy), possibly read with others."""
+        future: asyncio.Future[SnapshotRow | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(stream, pins, probes, future))
+        self._start()
+        return await future
+
+    def _start(self) -> None:
+        while self._waiting and self._running < self._in_flight:
+            batch = self._take()
+            if not batch:
+                continue
+            self._running += 1
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> list[_Waiting]:
+        """The oldest live request and those after it that fit the same statement."""
+        batch: list[_Waiting] = []
+        cells = 0
+        skipped: list[_Waiting] = []
+        while self._waiting and len(batch) < MAX_REQUESTS:
+            w = self._waiting.popleft()
+            if w.future.done():  # its caller gave up while it waited
+                continue
+            n = len(w.probes.cells)
+            if batch and (w.stream != batch[0].stream or cells + n > MAX_CELLS):
+                # Another stream (a policy change under way) or too big: the next statement.
+                skipped.append(w)
+                if cells + n > MAX_CELLS:
+                    break
+                continue
+            batch.append(w)
+            cells += n
+        self._waiting.extendleft(reversed(skipped))
+        return batch
+
+    async def _run(self, batch: list[_Waiting]) -> None:
+        try:
+            live = [w for w in batch if not w.future.done()]
+            if not live:
+                return
+            if self._on_statement is not None:
+                self._on_statement(len(live))
+            try:
+                rows = await read_snapshots(
+                    self._pool,
+                    stream=live[0].stream,
+                    reads=[(w.pins, w.probes) for w in live],
+                )
+            except asyncio.CancelledError:
+                for w in live:
+                    w.future.cancel()
+                raise
+            except Exception as exc:
+                for w in live:
+                    if not w.future.done():
+                        w.future.set_exception(exc)
+                return
+            for i, w in enumerate(live):
+                if not w.future.done():
+                    w.future.set_result(None if rows is None else rows[i])
+        finally:
+            self._running -= 1
+            self._start()
+
+    async def close(self) -> None:
+        """Cancel the statements still running (server shutdown)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

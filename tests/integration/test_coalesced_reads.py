@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +74,12 @@ async def test_concurrent_requests_read_together_get_their_own_exact_answers(
         assert registry.get_sample_value("ofp_snapshot_statement_requests_count") == len(docs)
         # The first concurrent request's statement is held on a lock until the
         # others have arrived and wait behind it.
-        locker = await asyncpg.connect(fresh_dsn)
-        try:
-            tx = locker.transaction()
-            await tx.start()
-            await locker.execute("LOCK TABLE feature_tiles IN ACCESS EXCLUSIVE MODE")
+        async with _tiles_locked(fresh_dsn) as (_, tx):
             round_2 = asyncio.gather(*(_answer(stub, d) for d in docs))
             await _wait_blocked(pool, 1)
             await asyncio.sleep(0.5)
             await tx.commit()
             together = await round_2
-        finally:
-            await locker.close()
         statements = registry.get_sample_value("ofp_snapshot_statement_requests_count")
         answered = registry.get_sample_value("ofp_snapshot_statement_requests_sum")
 
@@ -140,6 +136,25 @@ async def _wait_blocked(pool: asyncpg.Pool, n: int, *, besides: int = 0) -> list
     raise AssertionError(f"never saw {n} blocked statements")
 
 
+@asynccontextmanager
+async def _tiles_locked(dsn: str) -> AsyncIterator[tuple[asyncpg.Connection, Any]]:
+    """A connection holding feature_tiles exclusively: snapshot statements wait on it
+    until the transaction commits (the caller does) or the connection closes."""
+    locker = await asyncpg.connect(dsn)
+    try:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("LOCK TABLE feature_tiles IN ACCESS EXCLUSIVE MODE")
+        yield locker, tx
+    finally:
+        await locker.close()
+
+
+async def _one_key_reads(pool: asyncpg.Pool) -> list[tuple[Pins, ReadProbes]]:
+    as_of = BASE_US + 4 * 24 * HOUR_US  # inside the generated data
+    return [await _probes(pool, _request("A", [k], as_of)) for k in ("1", "2", "3", "4")]
+
+
 @pytest.fixture
 async def projected(pool: asyncpg.Pool, bus_root: Path) -> asyncpg.Pool:
     generate(5, n_events=120, n_keys=4, n_partitions=1, noise=False).write(bus_root)
@@ -151,30 +166,25 @@ async def test_a_request_given_up_while_waiting_leaves_the_statement(
     projected: asyncpg.Pool, fresh_dsn: str
 ) -> None:
     pool = projected
-    as_of = BASE_US + 4 * 24 * HOUR_US  # inside the generated data
-    reads = [await _probes(pool, _request("A", [k], as_of)) for k in ("1", "2", "3", "4")]
+    reads = await _one_key_reads(pool)
     sizes: list[int] = []
     reader = CoalescingReader(pool, in_flight=1, on_statement=sizes.append)
-    locker = await asyncpg.connect(fresh_dsn)
     try:
-        tx = locker.transaction()
-        await tx.start()
-        await locker.execute("LOCK TABLE feature_tiles IN ACCESS EXCLUSIVE MODE")
-        first = asyncio.ensure_future(reader.read(stream=TOPIC, pins=reads[0][0],
-                                                  probes=reads[0][1]))
-        await _wait_blocked(pool, 1)
-        rest = [
-            asyncio.ensure_future(reader.read(stream=TOPIC, pins=pn, probes=pr))
-            for pn, pr in reads[1:]
-        ]
-        await asyncio.sleep(0.05)
-        rest[0].cancel()
-        await tx.commit()
-        got = [await first, *[await t for t in rest[1:]]]
-        with pytest.raises(asyncio.CancelledError):
-            await rest[0]
+        async with _tiles_locked(fresh_dsn) as (_, tx):
+            first = asyncio.ensure_future(reader.read(stream=TOPIC, pins=reads[0][0],
+                                                      probes=reads[0][1]))
+            await _wait_blocked(pool, 1)
+            rest = [
+                asyncio.ensure_future(reader.read(stream=TOPIC, pins=pn, probes=pr))
+                for pn, pr in reads[1:]
+            ]
+            await asyncio.sleep(0.05)
+            rest[0].cancel()
+            await tx.commit()
+            got = [await first, *[await t for t in rest[1:]]]
+            with pytest.raises(asyncio.CancelledError):
+                await rest[0]
     finally:
-        await locker.close()
         await reader.close()
     # The first alone, then the two still waiting together; the cancelled one was dropped.
     assert sizes == [1, 2]
@@ -186,37 +196,32 @@ async def test_a_failed_statement_fails_every_request_it_carried_and_no_later_on
     projected: asyncpg.Pool, fresh_dsn: str
 ) -> None:
     pool = projected
-    as_of = BASE_US + 4 * 24 * HOUR_US
-    reads = [await _probes(pool, _request("A", [k], as_of)) for k in ("1", "2", "3", "4")]
+    reads = await _one_key_reads(pool)
     sizes: list[int] = []
     reader = CoalescingReader(pool, in_flight=1, on_statement=sizes.append)
-    locker = await asyncpg.connect(fresh_dsn)
     try:
-        tx = locker.transaction()
-        await tx.start()
-        await locker.execute("LOCK TABLE feature_tiles IN ACCESS EXCLUSIVE MODE")
-        first = asyncio.ensure_future(reader.read(stream=TOPIC, pins=reads[0][0],
-                                                  probes=reads[0][1]))
-        (blocked,) = await _wait_blocked(pool, 1)
-        carried = [
-            asyncio.ensure_future(reader.read(stream=TOPIC, pins=pn, probes=pr))
-            for pn, pr in reads[1:3]
-        ]
-        await asyncio.sleep(0.05)
-        # The first statement's connection dies: only its request fails.
-        await locker.execute("SELECT pg_terminate_backend($1)", blocked)
-        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
-            await first
-        # The next statement carries the two that waited; it blocks too, and dies.
-        pids = await _wait_blocked(pool, 1, besides=blocked)
-        await locker.execute("SELECT pg_terminate_backend($1)", pids[0])
-        for t in carried:
+        async with _tiles_locked(fresh_dsn) as (locker, tx):
+            first = asyncio.ensure_future(reader.read(stream=TOPIC, pins=reads[0][0],
+                                                      probes=reads[0][1]))
+            (blocked,) = await _wait_blocked(pool, 1)
+            carried = [
+                asyncio.ensure_future(reader.read(stream=TOPIC, pins=pn, probes=pr))
+                for pn, pr in reads[1:3]
+            ]
+            await asyncio.sleep(0.05)
+            # The first statement's connection dies: only its request fails.
+            await locker.execute("SELECT pg_terminate_backend($1)", blocked)
             with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
-                await t
-        await tx.commit()
-        after = await reader.read(stream=TOPIC, pins=reads[3][0], probes=reads[3][1])
+                await first
+            # The next statement carries the two that waited; it blocks too, and dies.
+            pids = await _wait_blocked(pool, 1, besides=blocked)
+            await locker.execute("SELECT pg_terminate_backend($1)", pids[0])
+            for t in carried:
+                with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+                    await t
+            await tx.commit()
+            after = await reader.read(stream=TOPIC, pins=reads[3][0], probes=reads[3][1])
     finally:
-        await locker.close()
         await reader.close()
     assert sizes == [1, 2, 1]
     assert after == await read_snapshot(pool, stream=TOPIC, pins=reads[3][0], probes=reads[3][1])

@@ -208,6 +208,16 @@ def _clients_for(rate: float, wanted: int) -> int:
 # ---------------------------------------------------------------- 1 and 8b
 
 
+async def _saturate(port: int, proc: procs.Processes, body: Path, requests: int,
+                    s: Sizes) -> tuple[h2load.ClosedLoop, float]:
+    """One closed-loop run; its result and the server's CPU per request (µs)."""
+    c0 = procs.cpu_seconds(proc.pids)
+    result = await asyncio.to_thread(
+        h2load.closed_loop, url(port), body, requests=requests, clients=s.sat_clients,
+        streams=s.sat_streams)
+    return result, (procs.cpu_seconds(proc.pids) - c0) * 1e6 / requests
+
+
 async def serving(ctx: Context) -> None:
     s = ctx.sizes
     sat = Figure("serving_saturation", "GetFeatures saturation (1 key x 1 group x 3 windows)",
@@ -229,30 +239,18 @@ async def serving(ctx: Context) -> None:
             for _ in range(s.repeats):
                 await check_alive(echo_port, [1], echo_proc, expect_keys=False)
                 with procs.RssSamplers(echo_proc.pids) as e_rss:
-                    c0 = procs.cpu_seconds(echo_proc.pids)
-                    e = await asyncio.to_thread(
-                        h2load.closed_loop, url(echo_port), body, requests=s.sat_requests_echo,
-                        clients=s.sat_clients, streams=s.sat_streams)
-                    cpu_us["echo"].append(
-                        (procs.cpu_seconds(echo_proc.pids) - c0) * 1e6 / s.sat_requests_echo)
+                    e, cpu = await _saturate(echo_port, echo_proc, body, s.sat_requests_echo, s)
+                cpu_us["echo"].append(cpu)
                 echo_rps.append(e.req_per_s)
                 echo_peak = max(echo_peak, e_rss.peak)
                 # The floor of any database-backed handler: echo after one SELECT 1.
                 await check_alive(floor_port, [1], floor_proc, expect_keys=False)
-                c0 = procs.cpu_seconds(floor_proc.pids)
-                f = await asyncio.to_thread(
-                    h2load.closed_loop, url(floor_port), body, requests=s.sat_requests_echo,
-                    clients=s.sat_clients, streams=s.sat_streams)
-                cpu_us["floor"].append(
-                    (procs.cpu_seconds(floor_proc.pids) - c0) * 1e6 / s.sat_requests_echo)
+                f, cpu = await _saturate(floor_port, floor_proc, body, s.sat_requests_echo, s)
+                cpu_us["floor"].append(cpu)
                 floor_rps.append(f.req_per_s)
                 await check_alive(srv.port, [1], srv.server)
-                c0 = procs.cpu_seconds(srv.server.pids)
-                r = await asyncio.to_thread(
-                    h2load.closed_loop, url(srv.port), body, requests=s.sat_requests_features,
-                    clients=s.sat_clients, streams=s.sat_streams)
-                cpu_us["ofp"].append(
-                    (procs.cpu_seconds(srv.server.pids) - c0) * 1e6 / s.sat_requests_features)
+                r, cpu = await _saturate(srv.port, srv.server, body, s.sat_requests_features, s)
+                cpu_us["ofp"].append(cpu)
                 sat.runs.append(r.req_per_s)
                 sat.command = r.command.replace(f":{srv.port}/", ":PORT/")
         rss.runs = [server_rss.peak / MB]

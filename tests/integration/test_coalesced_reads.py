@@ -8,14 +8,14 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import grpc
 import pytest
 
 from ofp.contracts.request import validate_request_json
-from ofp.contracts.timefmt import format_micros, parse_micros
+from ofp.contracts.timefmt import parse_micros
 from ofp.snapshot import plan_read
 from ofp.store.coalesce import CoalescingReader
 from ofp.store.reads import Pins, ReadProbes, active_groups, read_snapshot
@@ -27,19 +27,9 @@ from tests.support.streams import (
     brute_force,
     generate,
     interesting_as_of,
+    keys_request,
     pins,
 )
-
-GROUP = {"name": "core_features", "version": "v1"}
-
-
-def _request(run: str, keys: list[str], as_of_us: int) -> dict[str, Any]:
-    return {
-        "pins": pins(run),
-        "as_of_time_utc": format_micros(as_of_us),
-        "feature_keys": [{"key_type": "flow_id", "key_id": k} for k in keys],
-        "feature_groups": [GROUP],
-    }
 
 
 async def _answer(stub: Any, doc: dict[str, Any]) -> tuple[str, Any]:
@@ -65,7 +55,7 @@ async def test_concurrent_requests_read_together_get_their_own_exact_answers(
         run = rng.choice(["A", "B", "B", "A", "C"])
         truth = [e for e in stream.truth if e.run == (run if run != "C" else "A")]
         as_of = rng.choice(interesting_as_of(truth, rng, n=3))
-        docs.append(_request(run, rng.sample(keys, rng.randint(1, 4)), as_of))
+        docs.append(keys_request(run, rng.sample(keys, rng.randint(1, 4)), as_of))
 
     # One statement at a time: every request that arrives meanwhile waits for the next.
     async with running_server(pool, bus_root, db_reads_in_flight=1) as (srv, stub):
@@ -150,42 +140,60 @@ async def _tiles_locked(dsn: str) -> AsyncIterator[tuple[asyncpg.Connection, Any
         await locker.close()
 
 
+@asynccontextmanager
+async def _first_read_held(
+    pool: asyncpg.Pool, dsn: str, reader: CoalescingReader, read: tuple[Pins, ReadProbes]
+) -> AsyncIterator[tuple[asyncio.Future[Any], asyncpg.Connection, Any, int]]:
+    """`read` sent through `reader`, its statement waiting on the tiles lock:
+    (its future, the lock's connection and transaction, the statement's pid)."""
+    async with _tiles_locked(dsn) as (locker, tx):
+        first = asyncio.ensure_future(reader.read(stream=TOPIC, pins=read[0], probes=read[1]))
+        (blocked,) = await _wait_blocked(pool, 1)
+        yield first, locker, tx, blocked
+
+
 async def _one_key_reads(pool: asyncpg.Pool) -> list[tuple[Pins, ReadProbes]]:
     as_of = BASE_US + 4 * 24 * HOUR_US  # inside the generated data
-    return [await _probes(pool, _request("A", [k], as_of)) for k in ("1", "2", "3", "4")]
+    return [await _probes(pool, keys_request("A", [k], as_of)) for k in ("1", "2", "3", "4")]
+
+
+class OneAtATime(NamedTuple):
+    """A reader with one statement in flight over a projected store, the
+    requests per statement it reported, and four one-key reads."""
+
+    pool: asyncpg.Pool
+    reader: CoalescingReader
+    sizes: list[int]
+    reads: list[tuple[Pins, ReadProbes]]
 
 
 @pytest.fixture
-async def projected(pool: asyncpg.Pool, bus_root: Path) -> asyncpg.Pool:
+async def one_at_a_time(pool: asyncpg.Pool, bus_root: Path) -> AsyncIterator[OneAtATime]:
     generate(5, n_events=120, n_keys=4, n_partitions=1, noise=False).write(bus_root)
     await project_once(pool, bus_root)
-    return pool
-
-
-async def test_a_request_given_up_while_waiting_leaves_the_statement(
-    projected: asyncpg.Pool, fresh_dsn: str
-) -> None:
-    pool = projected
-    reads = await _one_key_reads(pool)
     sizes: list[int] = []
     reader = CoalescingReader(pool, in_flight=1, on_statement=sizes.append)
     try:
-        async with _tiles_locked(fresh_dsn) as (_, tx):
-            first = asyncio.ensure_future(reader.read(stream=TOPIC, pins=reads[0][0],
-                                                      probes=reads[0][1]))
-            await _wait_blocked(pool, 1)
-            rest = [
-                asyncio.ensure_future(reader.read(stream=TOPIC, pins=pn, probes=pr))
-                for pn, pr in reads[1:]
-            ]
-            await asyncio.sleep(0.05)
-            rest[0].cancel()
-            await tx.commit()
-            got = [await first, *[await t for t in rest[1:]]]
-            with pytest.raises(asyncio.CancelledError):
-                await rest[0]
+        yield OneAtATime(pool, reader, sizes, await _one_key_reads(pool))
     finally:
         await reader.close()
+
+
+async def test_a_request_given_up_while_waiting_leaves_the_statement(
+    one_at_a_time: OneAtATime, fresh_dsn: str
+) -> None:
+    pool, reader, sizes, reads = one_at_a_time
+    async with _first_read_held(pool, fresh_dsn, reader, reads[0]) as (first, _, tx, _):
+        rest = [
+            asyncio.ensure_future(reader.read(stream=TOPIC, pins=pn, probes=pr))
+            for pn, pr in reads[1:]
+        ]
+        await asyncio.sleep(0.05)
+        rest[0].cancel()
+        await tx.commit()
+        got = [await first, *[await t for t in rest[1:]]]
+        with pytest.raises(asyncio.CancelledError):
+            await rest[0]
     # The first alone, then the two still waiting together; the cancelled one was dropped.
     assert sizes == [1, 2]
     for (pn, pr), row in zip([reads[0], *reads[2:]], got, strict=True):
@@ -193,35 +201,27 @@ async def test_a_request_given_up_while_waiting_leaves_the_statement(
 
 
 async def test_a_failed_statement_fails_every_request_it_carried_and_no_later_one(
-    projected: asyncpg.Pool, fresh_dsn: str
+    one_at_a_time: OneAtATime, fresh_dsn: str
 ) -> None:
-    pool = projected
-    reads = await _one_key_reads(pool)
-    sizes: list[int] = []
-    reader = CoalescingReader(pool, in_flight=1, on_statement=sizes.append)
-    try:
-        async with _tiles_locked(fresh_dsn) as (locker, tx):
-            first = asyncio.ensure_future(reader.read(stream=TOPIC, pins=reads[0][0],
-                                                      probes=reads[0][1]))
-            (blocked,) = await _wait_blocked(pool, 1)
-            carried = [
-                asyncio.ensure_future(reader.read(stream=TOPIC, pins=pn, probes=pr))
-                for pn, pr in reads[1:3]
-            ]
-            await asyncio.sleep(0.05)
-            # The first statement's connection dies: only its request fails.
-            await locker.execute("SELECT pg_terminate_backend($1)", blocked)
+    pool, reader, sizes, reads = one_at_a_time
+    held = _first_read_held(pool, fresh_dsn, reader, reads[0])
+    async with held as (first, locker, tx, blocked):
+        carried = [
+            asyncio.ensure_future(reader.read(stream=TOPIC, pins=pn, probes=pr))
+            for pn, pr in reads[1:3]
+        ]
+        await asyncio.sleep(0.05)
+        # The first statement's connection dies: only its request fails.
+        await locker.execute("SELECT pg_terminate_backend($1)", blocked)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await first
+        # The next statement carries the two that waited; it blocks too, and dies.
+        pids = await _wait_blocked(pool, 1, besides=blocked)
+        await locker.execute("SELECT pg_terminate_backend($1)", pids[0])
+        for t in carried:
             with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
-                await first
-            # The next statement carries the two that waited; it blocks too, and dies.
-            pids = await _wait_blocked(pool, 1, besides=blocked)
-            await locker.execute("SELECT pg_terminate_backend($1)", pids[0])
-            for t in carried:
-                with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
-                    await t
-            await tx.commit()
-            after = await reader.read(stream=TOPIC, pins=reads[3][0], probes=reads[3][1])
-    finally:
-        await reader.close()
+                await t
+        await tx.commit()
+        after = await reader.read(stream=TOPIC, pins=reads[3][0], probes=reads[3][1])
     assert sizes == [1, 2, 1]
     assert after == await read_snapshot(pool, stream=TOPIC, pins=reads[3][0], probes=reads[3][1])

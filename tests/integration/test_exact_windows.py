@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
 from ofp.contracts.hashing import verify_response
 from ofp.contracts.timefmt import format_micros
 from tests.support.harness import get_features, project_once, running_server
-from tests.support.streams import brute_force, generate, interesting_as_of, pins
-
-GROUP = {"name": "core_features", "version": "v1"}
-
-
-def request(run: str, keys: list[str], as_of_us: int) -> dict[str, Any]:
-    return {
-        "pins": pins(run),
-        "as_of_time_utc": format_micros(as_of_us),
-        "feature_keys": [{"key_type": "flow_id", "key_id": k} for k in keys],
-        "feature_groups": [GROUP],
-    }
+from tests.support.streams import brute_force, generate, interesting_as_of, keys_request
 
 
 async def test_values_equal_brute_force_for_every_as_of(
@@ -40,7 +28,7 @@ async def test_values_equal_brute_force_for_every_as_of(
         for run in ("A", "B"):
             run_truth = [e for e in stream.truth if e.run == run]
             for as_of in interesting_as_of(run_truth, rng, n=10):
-                doc = await get_features(stub, request(run, keys, as_of))
+                doc = await get_features(stub, keys_request(run, keys, as_of))
                 snap = doc["snapshot"]
                 assert verify_response(doc)[0]
                 for key in keys:
@@ -68,7 +56,7 @@ async def test_window_edges_are_exact_to_the_microsecond(
     async with running_server(pool, bus_root) as (_, stub):
         # The event is inside (T - d, T] exactly when T - d < ts <= T.
         for as_of in (event.ts_us - 1, event.ts_us, event.ts_us + hour - 1, event.ts_us + hour):
-            doc = await get_features(stub, request("A", [event.key], as_of))
+            doc = await get_features(stub, keys_request("A", [event.key], as_of))
             got = doc["snapshot"]["features"].get(f"flow_id:{event.key}", {}).get("core_features")
             expected = brute_force(stream.truth, "A", event.key, as_of)
             if expected is None:

@@ -10,18 +10,8 @@ import asyncpg
 from ofp.contracts.hashing import basis_digest, verify_response
 from ofp.contracts.timefmt import format_micros
 from tests.support.harness import get_features, project_once, running_server
-from tests.support.streams import BASE_US, HOUR_US, TOPIC, envelope, generate, pins
-
-GROUP = {"name": "core_features", "version": "v1"}
-
-
-def req(run: str, keys: list[str], as_of_us: int) -> dict[str, Any]:
-    return {
-        "pins": pins(run),
-        "as_of_time_utc": format_micros(as_of_us),
-        "feature_keys": [{"key_type": "flow_id", "key_id": k} for k in keys],
-        "feature_groups": [GROUP],
-    }
+from tests.support.streams import BASE_US, HOUR_US, TOPIC, envelope, generate
+from tests.support.streams import keys_request as req
 
 
 def write_lines(bus_root: Path, partition: int, docs: list[dict[str, Any]]) -> None:

@@ -231,6 +231,16 @@ def interesting_as_of(truth: list[TruthEvent], rng: random.Random, n: int = 12) 
     return sorted(set(picks))
 
 
+def keys_request(run: str, keys: list[str], as_of_us: int) -> dict[str, Any]:
+    """A GetFeatures request (JSON form) for `keys` of `run` in the default group."""
+    return {
+        "pins": pins(run),
+        "as_of_time_utc": format_micros(as_of_us),
+        "feature_keys": [{"key_type": "flow_id", "key_id": k} for k in keys],
+        "feature_groups": [{"name": "core_features", "version": "v1"}],
+    }
+
+
 def one_key_request(request_id: str, /, **changes: Any) -> dict[str, Any]:
     """A valid GetFeatures request (JSON form) for key 1 of run A, four days into the data."""
     doc: dict[str, Any] = {

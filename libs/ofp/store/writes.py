@@ -278,9 +278,7 @@ async def apply_batch(
             else:
                 result.outcomes[(Outcome.IGNORED, c.reason)] += 1
 
-        applied: list[tuple[int, Candidate]] = []
         valid_ts: list[int] = []
-        rejected: set[tuple[int, str]] = set()
         if first_seen:
             await conn.execute(_STAGING_TABLE)
             # One row per contribution, the event's dedupe columns on each
@@ -302,6 +300,7 @@ async def apply_batch(
             # Keys the store already held: usually none, which the insert's row
             # count shows without sending any key back.
             status = await conn.execute(_INSERT_DEDUPE)
+            rejected: set[tuple[int, str]] = set()
             if int(status.rsplit(" ", 1)[1]) != len(first_seen):
                 rejected = {(int(r[0]), r[1]) for r in await conn.fetch(_REJECTED_DEDUPE)}
             stored: dict[tuple[int, str], bytes] = {}
@@ -319,7 +318,6 @@ async def apply_batch(
             n_applied = n_duplicate = 0
             for k, (rec, cand) in first_seen.items():
                 if k not in rejected:
-                    applied.append((k[0], cand))
                     n_applied += 1
                     valid_ts.append(cand.ts_us)
                 elif stored.get(k) == cand.payload_hash:
@@ -339,17 +337,17 @@ async def apply_batch(
             if n_duplicate:
                 result.outcomes[(Outcome.DUPLICATE, "")] += n_duplicate
 
-        if applied:
-            if rejected:
-                # The stage still holds the events the store refused: only the
-                # applied ones may reach the state.
-                await conn.execute(
-                    "DELETE FROM ofp_batch b USING unnest($1::integer[], $2::text[]) AS r(s, e)"
-                    " WHERE b.scope_id = r.s AND b.event_id = r.e",
-                    [k[0] for k in rejected],
-                    [k[1] for k in rejected],
-                )
-            await conn.execute(_INSERT_STATE, TILE_US)
+            if n_applied:
+                if rejected:
+                    # The stage still holds the events the store refused: only
+                    # the applied ones may reach the state.
+                    await conn.execute(
+                        "DELETE FROM ofp_batch b USING unnest($1::integer[], $2::text[])"
+                        " AS r(s, e) WHERE b.scope_id = r.s AND b.event_id = r.e",
+                        [k[0] for k in rejected],
+                        [k[1] for k in rejected],
+                    )
+                await conn.execute(_INSERT_STATE, TILE_US)
 
         if quarantined:
             quarantined.sort(key=lambda x: x[0].offset)

@@ -1,14 +1,21 @@
 """The external load generator: `h2load` (Debian package nghttp2-client).
 
-Closed loop (`-n -c -m`) measures saturation; open loop (`--rps` per client
-for `-D` seconds) measures latency, computed here from `--log-file` (start
-time µs, HTTP status, duration µs) after discarding the warm-up. h2load only
+Closed loop (`-n -c -m`) measures saturation; open loop (`--rps` per client)
+measures latency, computed here from `--log-file` (start time µs, HTTP
+status, duration µs) after discarding the warm-up.
+
+An open loop at R requests/s over C connections sends one request every 1/R s:
+the connections are opened 1/R s apart (`-r 1 --rate-period`), so their
+`--rps` timers are out of phase. Opened together (h2load's default) every
+connection's timer fires at the same instant, and "1,000 requests/s" becomes a
+burst of C requests every C/R s; `phase="together"` measures that shape too. h2load only
 sees HTTP statuses, never grpc-status: callers check the request once with a
 real gRPC client before every load run.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -57,6 +64,9 @@ class OpenLoop:
     achieved_rps: float
     p50_ms: float
     p99_ms: float
+    # Median gap between consecutive request starts: ~1/rate when the
+    # connections interleave, ~0 when they fire in bursts.
+    median_gap_ms: float
     command: str
 
 
@@ -95,13 +105,29 @@ def closed_loop(url: str, body: Path, *, requests: int, clients: int, streams: i
 
 
 def open_loop(url: str, body: Path, *, rate: float, clients: int, duration_s: float,
-              warmup_s: float, log_path: Path, streams: int = 64) -> OpenLoop:
-    """`rate` requests/s in total, spread over `clients` connections."""
+              warmup_s: float, log_path: Path, streams: int = 64,
+              phase: str = "spread") -> OpenLoop:
+    """`rate` requests/s in total over `clients` connections for `duration_s`.
+
+    `phase="spread"`: the connections' send times interleave, one request
+    every 1/rate s; `"together"`: they send at the same instants, in bursts of
+    `clients` requests (see the module docstring).
+    """
     argv = _base(url, body, clients, streams)
     per_client = rate / clients
     log_path.unlink(missing_ok=True)
-    argv[1:1] = ["--rps", f"{per_client:g}", "-D", str(max(1, round(duration_s))), "--log-file",
-                 str(log_path)]
+    if phase == "spread":
+        # -r and -D exclude each other: the run is sized by its request count
+        # (h2load gives each connection an equal share).
+        per_conn = max(1, round(per_client * duration_s))
+        stagger_ms = max(1, round(1000 / rate))
+        argv[1:1] = ["--rps", f"{per_client:g}", "-n", str(per_conn * clients), "-r", "1",
+                     "--rate-period", f"{stagger_ms}ms", "--log-file", str(log_path)]
+    elif phase == "together":
+        argv[1:1] = ["--rps", f"{per_client:g}", "-D", str(max(1, round(duration_s))),
+                     "--log-file", str(log_path)]
+    else:
+        raise ValueError(f"phase must be 'spread' or 'together', not {phase!r}")
     _run(argv, duration_s * 4 + 60)
     rows: list[tuple[int, int, int]] = []
     for line in log_path.read_text().splitlines():
@@ -116,12 +142,15 @@ def open_loop(url: str, body: Path, *, rate: float, clients: int, duration_s: fl
         raise H2loadFailedError("no requests after the warm-up: lengthen the run")
     span_s = max(1e-9, (max(r[0] for r in kept) - min(r[0] for r in kept)) / 1e6)
     durations = sorted(r[2] / 1000.0 for r in kept)
+    starts = sorted(r[0] for r in kept)
+    gaps = sorted((b - a) / 1000.0 for a, b in itertools.pairwise(starts)) or [0.0]
     return OpenLoop(
         requests=len(kept),
         non_200=sum(1 for r in kept if r[1] != 200),
         achieved_rps=len(kept) / span_s if len(kept) > 1 else 0.0,
         p50_ms=percentile(durations, 50),
         p99_ms=percentile(durations, 99),
+        median_gap_ms=percentile(gaps, 50),
         command=_shown(argv),
     )
 

@@ -96,7 +96,11 @@ METHOD = """
    GetFeatures req/s / echo req/s. The request is 1 key x 1 group x 3 windows.
 2. **p99 at 1,000 req/s**: h2load open loop (`--rps` per client x clients),
    latency percentiles computed from `--log-file` after a warm-up; the echo
-   server under the same open loop is the reference.
+   server under the same open loop is the reference. The connections open
+   1/rate apart (`-r 1 --rate-period`), so their timers interleave into one
+   request every 1 ms; the notes also give both servers under the same
+   connections firing in phase (h2load's default: bursts of 10 every 10 ms).
+   All open-loop figures (2 to 5) interleave their connections alike.
 3. **50 keys per request at 100 req/s**: as 2 with a 50-key body; reference:
    the echo server with the same body.
 4. **Hot key**: one key with N events inside its 7-day window plus 1,000

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 
@@ -32,6 +33,12 @@ async def serve(settings: Settings) -> None:
     try:
         srv = create_server(settings, pool)
         await srv.start()
+        # Everything alive now (modules, descriptors, the server) lives as long
+        # as the process: out of the collector's sight, a full collection walks
+        # only what requests allocate, a 12-19 ms pause becomes ~1-4 ms
+        # (docs/performance.md).
+        gc.collect()
+        gc.freeze()
         if settings.metrics_port is not None:
             endpoint = await serve_metrics(
                 settings.metrics_port, srv.metrics.registry,

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from bench import h2load, procs, workload
 from bench.h2load import INSTALL_HINT
 from bench.scenarios import ORDER
 
@@ -51,3 +54,43 @@ def test_quick_suite_reports_every_figure_when_run_end_to_end(
     for row in rows:
         title, median = row[1], row[2]
         assert _NUMBER.match(median), f"figure {title!r} has no number: {median!r}"
+
+
+@pytest.mark.timeout(120)
+def test_open_loop_spreads_its_connections_into_one_request_every_period(
+    tmp_path: Path,
+) -> None:
+    """At R req/s over C connections the sends are 1/R apart; in phase they come in bursts."""
+    if shutil.which("h2load") is None:
+        pytest.fail(INSTALL_HINT)
+    port = procs.free_port()
+    echo = procs.start_echo_server(port, tmp_path / "echo.log")
+    body = tmp_path / "body.bin"
+    body.write_bytes(workload.grpc_frame(b""))
+    try:
+        _wait_listening(port, echo)
+        kwargs = {"rate": 200.0, "clients": 4, "duration_s": 2.0, "warmup_s": 0.5}
+        url = f"http://127.0.0.1:{port}/ofp.v1.FeatureService/GetFeatures"
+        spread = h2load.open_loop(url, body, log_path=tmp_path / "a.tsv", **kwargs)
+        together = h2load.open_loop(url, body, log_path=tmp_path / "b.tsv", phase="together",
+                                    **kwargs)
+    finally:
+        echo.stop()
+    for run in (spread, together):
+        assert run.non_200 == 0
+        assert 150 <= run.achieved_rps <= 250, run
+    # One send every 5 ms, against bursts of 4 sends at one instant every 20 ms.
+    assert 3.0 <= spread.median_gap_ms <= 7.0, spread
+    assert together.median_gap_ms < 0.5, together
+    assert "--rate-period 5ms" in spread.command and "-D" not in spread.command.split()
+
+
+def _wait_listening(port: int, proc: procs.Processes) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert proc.alive(), proc.tail()
+        assert time.monotonic() < deadline, "echo server did not listen"
+        time.sleep(0.1)

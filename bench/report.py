@@ -27,6 +27,8 @@ class Figure:
     met: bool | None = None
     notes: str = ""
     measured_at: str = ""
+    # Profiles and arithmetic from the same run behind the figure (shown below the notes).
+    evidence: str = ""
 
     @property
     def value(self) -> float | None:
@@ -94,6 +96,11 @@ METHOD = """
    uvloop, a generic unary handler returning a fixed response at the same method
    path) are both up; closed-loop h2load runs alternate between them. Ratio =
    GetFeatures req/s / echo req/s. The request is 1 key x 1 group x 3 windows.
+   After the runs, one more closed-loop run of each server measures what a
+   request costs every party on the box (the server's event-loop thread and
+   its other threads from /proc, PostgreSQL's processes, h2load), while
+   py-spy samples the server; the one-key statement is then sent alone 500
+   times. That is the "where the time goes" section below.
 2. **p99 at 1,000 req/s**: h2load open loop (`--rps` per client x clients),
    latency percentiles computed from `--log-file` after a warm-up; the echo
    server under the same open loop is the reference. The connections open
@@ -149,5 +156,10 @@ def render(figures: list[Figure], *, args: str, date: str, database: str, h2load
     if notes:
         out.append("\n## Notes per figure\n")
         out.extend(notes)
+    evidence = [f"- **{f.title}** ({'met' if f.met else 'not met'}): {f.evidence}"
+                for f in figures if f.evidence]
+    if evidence:
+        out.append("\n## Where the time goes (profiles from the same run)\n")
+        out.extend(evidence)
     out.append(METHOD)
     return "\n".join(out) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import shutil
 import statistics
@@ -18,7 +19,7 @@ import grpc
 
 from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
 
-from . import h2load, procs, workload
+from . import h2load, procs, profile, workload
 from .pg import BenchPostgres
 from .report import Figure, fmt, now_utc
 
@@ -254,6 +255,9 @@ async def serving(ctx: Context) -> None:
                 sat.runs.append(r.req_per_s)
                 sat.command = r.command.replace(f":{srv.port}/", ":PORT/")
         rss.runs = [server_rss.peak / MB]
+        sat.evidence = await _saturation_evidence(ctx, srv, body, echo_port, echo_proc,
+                                                  rps=statistics.median(sat.runs),
+                                                  echo_rps=statistics.median(echo_rps))
     sat.reference_value = statistics.median(echo_rps)
     sat.reference = f"echo server {fmt(sat.reference_value)} req/s (runs: " \
         f"{', '.join(fmt(x) for x in echo_rps)})"
@@ -276,6 +280,81 @@ async def serving(ctx: Context) -> None:
     rss.command = ("psutil RSS of each ofp-server process every 0.1 s during figure 1's runs;"
                    " the largest process")
     ctx.figures += [sat, rss]
+
+
+@dataclass(frozen=True)
+class _Cost:
+    """CPU per request (µs) of each party during one closed-loop run."""
+
+    main: float  # the server's event-loop thread
+    others: float  # the server's other threads (grpc's completion queue and pollers)
+    postgres: float
+    generator: float  # h2load
+    profile: profile.Profile | None
+    profile_error: str | None
+
+    @property
+    def server(self) -> float:
+        return self.main + self.others
+
+    @property
+    def total(self) -> float:
+        return self.server + self.postgres + self.generator
+
+
+async def _cost(port: int, proc: procs.Processes, body: Path, requests: int, s: Sizes,
+                sample: Path | None = None, sample_s: float = 0) -> _Cost:
+    pid = proc.pids[0]
+    sampling = profile.Sampling(pid, sample_s, sample) if sample is not None else None
+    with profile.ThreadCpu(pid) as threads, profile.BoxCpu() as box:
+        if sampling is not None:
+            with sampling:
+                await asyncio.to_thread(h2load.closed_loop, url(port), body, requests=requests,
+                                        clients=s.sat_clients, streams=s.sat_streams)
+        else:
+            await asyncio.to_thread(h2load.closed_loop, url(port), body, requests=requests,
+                                    clients=s.sat_clients, streams=s.sat_streams)
+    per = 1e6 / requests
+    return _Cost(threads.main_s * per, threads.others_s * per, box.postgres_s * per,
+                 box.generator_s * per, None if sampling is None else sampling.profile,
+                 None if sampling is None else sampling.error)
+
+
+async def _saturation_evidence(ctx: Context, srv: Served, body: Path, echo_port: int,
+                               echo_proc: procs.Processes, *, rps: float, echo_rps: float
+                               ) -> str:
+    """What one request costs each party on the box, the py-spy profile of the server
+    and PostgreSQL's own time for the statement: the arithmetic behind figure 1."""
+    s = ctx.sizes
+    sample_s = 1.0 if s.repeats == 1 else 4.0
+    await check_alive(echo_port, [1], echo_proc, expect_keys=False)
+    echo_cost = await _cost(echo_port, echo_proc, body, s.sat_requests_echo, s)
+    await check_alive(srv.port, [1], srv.server)
+    n = max(s.sat_requests_features, int(rps * (sample_s + 1.5)))
+    ofp = await _cost(srv.port, srv.server, body, n, s,
+                      sample=ctx.path("py-spy").with_suffix(".txt"), sample_s=sample_s)
+    stmt = await profile.snapshot_statement_cost(srv.dsn, [1])
+    cores = os.cpu_count() or 1
+    target = 0.5 * echo_rps
+    text = (
+        f"One GetFeatures request cost the box {ofp.total:.0f} µs of CPU: ofp-server's"
+        f" event-loop thread {ofp.main:.0f}, its grpc threads {ofp.others:.0f}, PostgreSQL"
+        f" {ofp.postgres:.0f}, h2load {ofp.generator:.0f}. An echo request: {echo_cost.total:.0f}"
+        f" µs (server {echo_cost.server:.0f}, h2load {echo_cost.generator:.0f}). So {cores}"
+        f" fully busy cores allow at most {fmt(cores * 1e6 / ofp.total)} GetFeatures/s, and one"
+        f" server process at most {fmt(1e6 / ofp.main)} (its event loop is one thread); the"
+        f" target 0.5 x echo = {fmt(target)} req/s needs <= {1e6 / target:.0f} µs of box CPU"
+        f" per request (measured rate {fmt(rps)}). The one-key snapshot statement sent alone,"
+        f" one after another ({stmt.runs} times, the server's parameters and generic plan):"
+        f" {stmt.wall_us:.0f} µs per round trip, of which PostgreSQL's CPU"
+        f" {stmt.postgres_cpu_us:.0f} µs."
+    )
+    if ofp.profile is not None and ofp.profile.samples:
+        text += (f" py-spy of ofp-server over {sample_s:g} s of the same load (self time by the"
+                 f" frame's owner): {ofp.profile.summary()}.")
+    else:
+        text += f" (No py-spy profile: {ofp.profile_error}.)"
+    return text + " docs/performance.md walks through these profiles."
 
 
 # ---------------------------------------------------------------- 2 and 3

@@ -40,7 +40,7 @@ from ofp.policy import Policy, policy_from_normalized
 from ofp.snapshot import assemble_snapshot, plan_read
 from ofp.store.coalesce import CoalescingReader
 from ofp.store.db import is_transient
-from ofp.store.reads import SnapshotRow, active_groups, active_policy_content
+from ofp.store.reads import SnapshotRow, active_groups, active_policy_content, pins_of
 from ofp.store.status import read_status, report
 
 from .metrics import ServerMetrics
@@ -217,7 +217,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             plan = plan_read(req, policy, self.policies.group_ids)
             row: SnapshotRow | None = await self.reader.read(
                 stream=policy.source_topic,
-                pins=_pins_tuple(req.pins),
+                pins=pins_of(req.pins),
                 probes=plan.probes,
             )
             if row is None:
@@ -324,19 +324,6 @@ def _echoable_request_id(request: pb.GetFeaturesRequest) -> str | None:
         return None
     rid = request.request_id
     return rid if 0 < len(rid) <= 128 and unstorable_text(rid) is None else None
-
-
-def _pins_tuple(pins: dict[str, Any]) -> tuple[str, str, str, str, str, int]:
-    return (
-        pins["platform_run_id"],
-        pins["scenario_run_id"],
-        pins["scenario_id"],
-        pins["manifest_fingerprint"],
-        pins["parameter_hash"],
-        int(pins["seed"]),
-    )
-
-
 
 
 def error_status(exc: ContractError, request_id: str | None) -> status_pb2.Status:

@@ -159,18 +159,31 @@ async def read_snapshot(
     return None if rows is None else rows[0]
 
 
-async def read_snapshots(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    *,
-    stream: str,
-    reads: Sequence[tuple[Pins, ReadProbes]],
-) -> list[SnapshotRow] | None:
-    """Several requests' reads in ONE statement, so in one MVCC snapshot.
+def pins_of(pins: dict[str, Any]) -> Pins:
+    """A request's pins (validated JSON form) as the statement's pin tuple."""
+    return (
+        pins["platform_run_id"],
+        pins["scenario_run_id"],
+        pins["scenario_id"],
+        pins["manifest_fingerprint"],
+        pins["parameter_hash"],
+        int(pins["seed"]),
+    )
 
-    Each request gets its own row, with its own cell and window numbering, as
-    if it had been read alone; the policy, checkpoints and retention floor are
-    the statement's, shared. None when no policy is active yet.
-    """
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Where each request's pin set, cells and windows sit in the statement."""
+
+    r_ps: list[int]
+    c_req: list[int]
+    cell_base: list[int]
+    win_base: list[int]
+
+
+def snapshot_args(stream: str, reads: Sequence[tuple[Pins, ReadProbes]]
+                  ) -> tuple[list[Any], _Layout]:
+    """`SNAPSHOTS_SQL`'s parameters for `reads`, and how to split its answer back."""
     pin_sets: dict[Pins, int] = {}
     r_ps: list[int] = []
     r_as_of: list[int] = []
@@ -203,8 +216,7 @@ async def read_snapshots(
         lg_group.extend(g for g, _ in probes.last_from)
         lg_lo.extend(lo for _, lo in probes.last_from)
     pin_list = list(pin_sets)
-    row = await conn.fetchrow(
-        SNAPSHOTS_SQL,
+    args: list[Any] = [
         stream,
         [p[0] for p in pin_list],
         [p[1] for p in pin_list],
@@ -229,7 +241,26 @@ async def read_snapshots(
         lg_req,
         lg_group,
         lg_lo,
-    )
+    ]
+    return args, _Layout(r_ps, c_req, cell_base, win_base)
+
+
+async def read_snapshots(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    stream: str,
+    reads: Sequence[tuple[Pins, ReadProbes]],
+) -> list[SnapshotRow] | None:
+    """Several requests' reads in ONE statement, so in one MVCC snapshot.
+
+    Each request gets its own row, with its own cell and window numbering, as
+    if it had been read alone; the policy, checkpoints and retention floor are
+    the statement's, shared. None when no policy is active yet.
+    """
+    args, layout = snapshot_args(stream, reads)
+    r_ps, c_req, cell_base, win_base = (
+        layout.r_ps, layout.c_req, layout.cell_base, layout.win_base)
+    row = await conn.fetchrow(SNAPSHOTS_SQL, *args)
     if row is None:
         return None
     partitions = row["partitions"] or []

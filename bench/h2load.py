@@ -59,6 +59,7 @@ class ClosedLoop:
 
 @dataclass(frozen=True)
 class OpenLoop:
+    sent: int  # every request of the run, the warm-up's included
     requests: int  # after the warm-up
     non_200: int
     achieved_rps: float
@@ -145,6 +146,7 @@ def open_loop(url: str, body: Path, *, rate: float, clients: int, duration_s: fl
     starts = sorted(r[0] for r in kept)
     gaps = sorted((b - a) / 1000.0 for a, b in itertools.pairwise(starts)) or [0.0]
     return OpenLoop(
+        sent=len(rows),
         requests=len(kept),
         non_200=sum(1 for r in kept if r[1] != 200),
         achieved_rps=len(kept) / span_s if len(kept) > 1 else 0.0,

@@ -6,7 +6,7 @@ from bench.profile import parse_raw
 
 RAW = """\
 <module> (ofp-server:6);main (feature_server/main.py:61);Runner.run (asyncio/runners.py:118) 30
-<module> (ofp-server:6);Runner.run (asyncio/runners.py:118);GetFeatures (feature_server/servicer.py:103) 5
+<module> (ofp-server:6);GetFeatures (feature_server/servicer.py:103) 5
 <module> (ofp-server:6);Runner.run (asyncio/runners.py:118);plan_read (ofp/snapshot.py:75) 15
 Thread._bootstrap (threading.py:1002);Thread.run (threading.py:982) 20
 <module> (x:1);fetchrow (asyncpg/pool.py:777);Connection._do_execute (asyncpg/connection.py:2069) 20
@@ -28,7 +28,7 @@ def test_samples_are_grouped_by_the_owner_of_their_leaf_frame() -> None:
         "asyncpg (driver, compiled protocol)": 0.20,
         "logging + metrics": 0.10,
     }
-    assert [name for name, _ in profile.shares][0] == "event loop + grpc.aio (compiled)"
+    assert profile.shares[0][0] == "event loop + grpc.aio (compiled)"
     assert profile.top[0] == ("Runner.run (asyncio/runners.py:118)", 0.30)
     assert "100 samples: event loop + grpc.aio (compiled) 30%" in profile.summary()
 

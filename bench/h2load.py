@@ -8,9 +8,10 @@ An open loop at R requests/s over C connections sends one request every 1/R s:
 the connections are opened 1/R s apart (`-r 1 --rate-period`), so their
 `--rps` timers are out of phase. Opened together (h2load's default) every
 connection's timer fires at the same instant, and "1,000 requests/s" becomes a
-burst of C requests every C/R s; `phase="together"` measures that shape too. h2load only
-sees HTTP statuses, never grpc-status: callers check the request once with a
-real gRPC client before every load run.
+burst of C requests every C/R s; `phase="together"` measures that shape too.
+
+h2load only sees HTTP statuses, never grpc-status: callers check the request
+once with a real gRPC client before every load run.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -306,14 +307,10 @@ async def _cost(port: int, proc: procs.Processes, body: Path, requests: int, s: 
                 sample: Path | None = None, sample_s: float = 0) -> _Cost:
     pid = proc.pids[0]
     sampling = profile.Sampling(pid, sample_s, sample) if sample is not None else None
-    with profile.ThreadCpu(pid) as threads, profile.BoxCpu() as box:
-        if sampling is not None:
-            with sampling:
-                await asyncio.to_thread(h2load.closed_loop, url(port), body, requests=requests,
-                                        clients=s.sat_clients, streams=s.sat_streams)
-        else:
-            await asyncio.to_thread(h2load.closed_loop, url(port), body, requests=requests,
-                                    clients=s.sat_clients, streams=s.sat_streams)
+    with profile.ThreadCpu(pid) as threads, profile.BoxCpu() as box, \
+            sampling if sampling is not None else contextlib.nullcontext():
+        await asyncio.to_thread(h2load.closed_loop, url(port), body, requests=requests,
+                                clients=s.sat_clients, streams=s.sat_streams)
     per = 1e6 / requests
     return _Cost(threads.main_s * per, threads.others_s * per, box.postgres_s * per,
                  box.generator_s * per, None if sampling is None else sampling.profile,

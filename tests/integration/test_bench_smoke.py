@@ -7,18 +7,17 @@ reports a number for each figure.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from bench import h2load, procs, workload
+from bench import h2load, procs, scenarios, workload
 from bench.h2load import INSTALL_HINT
 from bench.scenarios import ORDER
 
@@ -68,7 +67,7 @@ def test_open_loop_spreads_its_connections_into_one_request_every_period(
     body = tmp_path / "body.bin"
     body.write_bytes(workload.grpc_frame(b""))
     try:
-        _wait_listening(port, echo)
+        asyncio.run(scenarios.wait_ok(port, [1], echo, expect_keys=False, timeout_s=30))
         kwargs = {"rate": 200.0, "clients": 4, "duration_s": 2.0, "warmup_s": 0.5}
         url = f"http://127.0.0.1:{port}/ofp.v1.FeatureService/GetFeatures"
         spread = h2load.open_loop(url, body, log_path=tmp_path / "a.tsv", **kwargs)
@@ -84,13 +83,3 @@ def test_open_loop_spreads_its_connections_into_one_request_every_period(
     assert together.median_gap_ms < 0.5, together
     assert "--rate-period 5ms" in spread.command and "-D" not in spread.command.split()
 
-
-def _wait_listening(port: int, proc: procs.Processes) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        assert proc.alive(), proc.tail()
-        assert time.monotonic() < deadline, "echo server did not listen"
-        time.sleep(0.1)

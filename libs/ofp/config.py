@@ -10,9 +10,16 @@ import dataclasses
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from ofp.policy import Policy
+
+
+# Lateness the retention keeps beyond the largest window (SPEC 6).
+RETENTION_LATENESS_S = 120
 
 
 class ConfigError(ValueError):
@@ -50,6 +57,9 @@ class Settings:
     batch_size: int = 2000
     poll_interval_ms: int = 50
     retention_days: int = 30
+    # Event time allowed past the database clock at apply time; later events
+    # are quarantined as ts_in_future (replayable once their time has come).
+    max_future_skew_s: int = 300
     # projector replicas: partition leases (SPEC 6)
     projector_id: str | None = None  # default: <hostname>-<pid>-<random>
     lease_ttl_s: int = 10
@@ -115,14 +125,36 @@ class Settings:
             raise ConfigError("kinesis_get_records_limit must be within 1..10000 (the API limit)")
         if self.projector_id is not None and not 1 <= len(self.projector_id) <= 200:
             raise ConfigError("projector_id must be 1..200 characters")
-        if self.retention_days < 8:
-            # The largest default window is 7 days plus 2 minutes of lateness.
-            raise ConfigError("retention_days must cover the largest window plus lateness (>= 8)")
+        if self.retention_days < 1:
+            raise ConfigError("retention_days must be >= 1")
+        if self.max_future_skew_s < 0:
+            raise ConfigError("max_future_skew_s must be >= 0")
         _validate_operations(self)
         return self
 
+    def check_retention(self, policy: Policy) -> None:
+        """Retention must hold the policy's largest window plus the allowed lateness.
+
+        Otherwise pruning removes state that a window of an as-of near the
+        watermark still needs, and such requests are refused after every prune.
+        """
+        largest_s = max(w.duration_s for g in policy.groups for w in g.windows)
+        needed_s = largest_s + RETENTION_LATENESS_S
+        if self.retention_days * 86_400 < needed_s:
+            raise ConfigError(
+                f"retention_days {self.retention_days} ({self.retention_days * 86_400} s) is"
+                f" shorter than the policy's largest window ({largest_s} s) plus"
+                f" {RETENTION_LATENESS_S} s of lateness ({needed_s} s): raise retention_days"
+                f" to at least {-(-needed_s // 86_400)}"
+            )
+
     def bus_stream(self, topic: str) -> str:
-        """The stream name checkpoints are recorded under (the basis `stream`, SPEC 4.2)."""
+        """The stream name checkpoints are recorded under (the basis `stream`, SPEC 4.2).
+
+        The one place that names the stream: the projector records checkpoints
+        under it, and the server, the CLI and the health checks read them under
+        it, so a custom Kinesis stream name can never split the two sides.
+        """
         if self.bus_kind == "kinesis":
             return self.kinesis_stream_name or topic
         return topic

@@ -39,6 +39,8 @@ _SCHEMA_MAJOR = re.compile(r"^v?([0-9]+)(?:\.|$)")
 # than stored: no real amount needs them, and they bound the cost of a sum.
 MAX_AMOUNT_DIGITS = 100
 MAX_KEY_CHARS = 256
+# An integer of more bits than this has more than MAX_KEY_CHARS digits.
+_MAX_INT_KEY_BITS = 4 * MAX_KEY_CHARS
 
 
 class Outcome(enum.StrEnum):
@@ -56,12 +58,20 @@ class QuarantineReason(enum.StrEnum):
     AMOUNT_INVALID = "amount_invalid"
     KEY_INVALID = "key_invalid"
     PAYLOAD_CONFLICT = "payload_conflict"
+    # Decided by the apply transaction, against the database clock.
+    TS_IN_FUTURE = "ts_in_future"
+    # The database refused the record's data itself (a value out of range, an
+    # index entry too large, ...): SQLSTATE class 22 or 54, in the detail.
+    STORE_REFUSED = "store_refused"
 
 
 class IgnoreReason(enum.StrEnum):
     FOREIGN_RUN = "foreign_run"
     EVENT_TYPE_NOT_CONSUMED = "event_type_not_consumed"
     NO_KEY_FIELD = "no_key_field"
+    # At or below the stream's retention floor: its window state (and its
+    # dedupe row) may be gone, so applying it would add rows no read can see.
+    BELOW_RETENTION_FLOOR = "below_retention_floor"
 
 
 # Candidate and Contribution are built once per record: immutable tuples cost
@@ -219,11 +229,22 @@ def parse_amount(value: Any) -> Decimal:
 
 
 def key_text(value: Any) -> str:
-    """Canonical key id: an integer id 42 becomes "42"."""
+    """Canonical key id: an integer id 42 becomes "42"; every key is 1..256 characters.
+
+    The bound holds whatever the JSON type: an integer with thousands of digits
+    is as unstorable in a key index as a string of that length.
+    """
     if isinstance(value, bool):
         raise ValueError("key is a boolean")
     if isinstance(value, int):
-        return str(value)
+        # Digits, not str(value): converting a huge int to text is quadratic
+        # (and refused by Python past 4300 digits).
+        if value.bit_length() > _MAX_INT_KEY_BITS:
+            raise ValueError(f"integer key has more than {MAX_KEY_CHARS} digits")
+        text = str(value)
+        if len(text) > MAX_KEY_CHARS:
+            raise ValueError(f"integer key has more than {MAX_KEY_CHARS} digits")
+        return text
     if isinstance(value, str) and unstorable_text(value) is not None:
         raise ValueError("key contains a NUL character or an unpaired surrogate")
     if isinstance(value, str) and 0 < len(value) <= MAX_KEY_CHARS:

@@ -124,9 +124,18 @@ def checkpoint_age_us(p: PartitionFacts, now_us: int) -> int:
 
 
 def watermark_us(partitions: Iterable[PartitionFacts]) -> int | None:
-    """SPEC 4.3: the minimum event-time high mark over partitions that hold one."""
-    highs = [p.max_event_us for p in partitions if p.max_event_us is not None]
-    return min(highs) if highs else None
+    """SPEC 4.3 as amended: the least high mark over open partitions that hold one.
+
+    Closed partitions (a Kinesis parent after a reshard) receive nothing more
+    and leave the minimum; with no open partition holding a record, the
+    largest closed high mark stands (`ofp.store.reads.WATERMARK_EXPR`).
+    """
+    parts = list(partitions)
+    open_highs = [p.max_event_us for p in parts if not p.closed and p.max_event_us is not None]
+    if open_highs:
+        return min(open_highs)
+    closed_highs = [p.max_event_us for p in parts if p.closed and p.max_event_us is not None]
+    return max(closed_highs) if closed_highs else None
 
 
 def _by_age(age_us: int, amber_s: int, red_s: int) -> State:

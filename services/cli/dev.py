@@ -27,6 +27,7 @@ from ofp.contracts.request import PIN_NAMES
 from ofp.contracts.timefmt import format_micros, parse_micros
 from ofp.policy import FeatureGroup, Policy, load_policy
 from ofp.store.db import create_pool
+from ofp.store.reads import WATERMARK_EXPR
 
 from .client import RpcFailedError, get_features
 from .database import resolve_dsn
@@ -95,7 +96,8 @@ async def sample_request(pool: asyncpg.Pool, settings: Settings, policy: Policy)
     """A request that finds data: a real key, its pins, as-of = the basis watermark."""
     group = policy.groups[0]
     watermark = await pool.fetchval(
-        "SELECT min(max_event_us) FROM checkpoints WHERE stream = $1", policy.source_topic
+        f"SELECT {WATERMARK_EXPR} FROM checkpoints WHERE stream = $1",
+        settings.bus_stream(policy.source_topic),
     )
     events = await asyncio.to_thread(
         _scan_events, settings.file_bus_root, policy.source_topic, group

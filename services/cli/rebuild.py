@@ -61,7 +61,7 @@ async def rebuild(
     replay_settings = dataclasses.replace(settings, file_bus_root=str(bus_root))
     pool = await create_pool(target_dsn, max_size=max(2, settings.db_pool_max))
     try:
-        await ensure_empty(pool, policy.source_topic)
+        await ensure_empty(pool, settings.bus_stream(policy.source_topic))
         projector = Projector(replay_settings, pool, policy)
         t0 = time.monotonic()
         task = asyncio.create_task(projector.run(once=True), name="replay")

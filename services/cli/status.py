@@ -36,14 +36,14 @@ async def collect(settings: Settings, *, stream: str | None = None) -> dict[str,
     try:
         if await schema_version(conn) is None:
             raise CliError("the database has no OFP schema yet; run `ofp migrate`")
-        facts = await read_status(conn, stream=stream)
+        facts = await read_status(conn, stream=stream, bus_stream=settings.bus_stream)
         if facts.stream is None:
-            # Nothing projected yet: report the topic the configured policy would read.
+            # Nothing projected yet: report the stream the configured policy would read.
             try:
                 topic = load_policy(settings.features_path).source_topic
             except PolicyError as exc:
                 raise CliError(f"no active policy in the database, and {exc}") from None
-            facts = await read_status(conn, stream=topic)
+            facts = await read_status(conn, stream=settings.bus_stream(topic))
     finally:
         await conn.close()
     return report(

@@ -92,10 +92,10 @@ def check_replayable(snapshot: dict[str, Any], settings: Settings, policy: Polic
             f"basis offset kind {basis.get('offset_kind')!r} cannot be replayed from the "
             f"configured {settings.bus_kind} bus"
         )
-    if basis.get("stream") != policy.source_topic:
+    if basis.get("stream") != settings.bus_stream(policy.source_topic):
         raise UncheckableError(
-            f"basis stream {basis.get('stream')!r} is not the configured source topic "
-            f"{policy.source_topic!r}"
+            f"basis stream {basis.get('stream')!r} is not the configured stream "
+            f"{settings.bus_stream(policy.source_topic)!r}"
         )
     if not basis.get("offsets"):
         raise UncheckableError("the basis has no offsets")

@@ -13,6 +13,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
@@ -54,27 +55,36 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+@dataclass(frozen=True, slots=True)
+class ActivePolicy:
+    """One loaded revision: the policy, its digest and the group ids, taken together."""
+
+    policy: Policy
+    digest: str
+    group_ids: dict[tuple[str, str], int]
+
+
 class PolicyCache:
     """The active policy as recorded in the database, reloaded when its revision changes."""
 
     def __init__(self) -> None:
-        self.policy: Policy | None = None
-        self.digest: str | None = None
-        self.group_ids: dict[tuple[str, str], int] = {}
+        self.active: ActivePolicy | None = None
         self._lock = asyncio.Lock()
 
-    async def load(self, pool: asyncpg.Pool) -> Policy | None:
+    @property
+    def policy(self) -> Policy | None:
+        return None if self.active is None else self.active.policy
+
+    async def load(self, pool: asyncpg.Pool) -> ActivePolicy | None:
         async with self._lock:
             found = await active_policy_content(pool)
             if found is None:
-                self.policy = None
+                self.active = None
                 return None
             content, _ = found
             policy = policy_from_normalized(content)
-            self.group_ids = await active_groups(pool)
-            self.policy = policy
-            self.digest = policy.content_digest
-            return policy
+            self.active = ActivePolicy(policy, policy.content_digest, await active_groups(pool))
+            return self.active
 
 
 class FeatureService(pb_grpc.FeatureServiceServicer):
@@ -181,7 +191,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         stream = request.stream if request.HasField("stream") else None
         if stream is not None and not (0 < len(stream) <= 256 and unstorable_text(stream) is None):
             raise ContractError(ErrorCode.INVALID_REQUEST, "stream must be 1..256 characters")
-        facts = await read_status(self.pool, stream=stream)
+        facts = await read_status(self.pool, stream=stream, bus_stream=self.settings.bus_stream)
         doc = report(facts, self.thresholds, request_id=request_id)
         response = pb.GetStatusResponse()
         json_format.ParseDict(doc, response)
@@ -210,29 +220,33 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         return response_proto(doc)
 
     async def _snapshot(self, req: ValidRequest) -> dict[str, Any]:
-        policy = self.policies.policy or await self.policies.load(self.pool)
+        active = self.policies.active or await self.policies.load(self.pool)
         for _ in range(2):
-            if policy is None:
+            if active is None:
                 raise ContractError(ErrorCode.UNAVAILABLE, "no active feature policy yet")
-            plan = plan_read(req, policy, self.policies.group_ids)
+            # The plan, the digest check and the assembly use this one revision:
+            # a reload meanwhile (another request's) must not relabel its values.
+            policy = active.policy
+            plan = plan_read(req, policy, active.group_ids)
+            stream = self.settings.bus_stream(policy.source_topic)
             row: SnapshotRow | None = await self.reader.read(
-                stream=policy.source_topic,
+                stream=stream,
                 pins=pins_of(req.pins),
                 probes=plan.probes,
             )
             if row is None:
                 raise ContractError(ErrorCode.UNAVAILABLE, "no active feature policy yet")
-            if row.content_digest == self.policies.digest:
+            if row.content_digest == active.digest:
                 return assemble_snapshot(
                     req,
                     plan,
                     row,
-                    stream=policy.source_topic,
+                    stream=stream,
                     max_basis_lag_us=self.settings.max_basis_lag_s * 1_000_000,
                     created_at_us=now_us(),
                 )
             # The active revision changed under us: plan again with the new one.
-            policy = await self.policies.load(self.pool)
+            active = await self.policies.load(self.pool)
         raise ContractError(
             ErrorCode.MISSING_PROVENANCE, "the active policy changed during the read; retry"
         )

@@ -17,6 +17,7 @@ from ofp.config import ConfigError, Settings, load_settings
 from ofp.logs import configure, get_logger
 from ofp.policy import PolicyError, load_policy
 from ofp.store.db import create_pool, embedded_dsn
+from ofp.store.writes import PolicyConflictError
 
 from .observability import ProjectorMetrics, start_http
 from .projector import Projector
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         return uvloop.run(run(settings, once=args.once))
-    except (ConfigError, PolicyError) as exc:
+    except (ConfigError, PolicyError, PolicyConflictError) as exc:
         print(f"ofp-projector: {exc}", file=sys.stderr)
         return 2
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -29,7 +29,7 @@ from typing import Any, TypeVar, cast
 import asyncpg
 
 from ofp.config import Settings
-from ofp.events import Outcome, classify
+from ofp.events import Outcome, Quarantined, QuarantineReason, classify
 from ofp.logs import get_logger
 from ofp.policy import Policy
 from ofp.store.db import is_transient, migrate
@@ -47,9 +47,12 @@ from ofp.store.writes import (
     Pins,
     Record,
     apply_batch,
+    claim_stream,
+    find_store_refusals,
     prune_retention,
     read_checkpoints,
     record_policy,
+    refused_by_store,
 )
 
 from . import file_bus
@@ -154,7 +157,9 @@ class Projector:
         return sorted(self._held)
 
     async def prepare(self) -> None:
+        self.settings.check_retention(self.policy)
         await self._retrying("migrate", migrate)
+        await self._retrying("claim_stream", lambda conn: claim_stream(conn, self.stream))
         self._group_ids = await self._retrying(
             "record_policy",
             lambda conn: record_policy(conn, self.policy, self.settings.required_platform_run_id),
@@ -510,27 +515,69 @@ class Projector:
             )
         return records
 
+    async def _quarantine_refused(
+        self, partition: int, records: list[Record], failure: Exception
+    ) -> list[Record]:
+        """`records` with every record the store refuses on its own made QUARANTINED.
+
+        A refusal that no single record reproduces is not the records' own
+        (a bug, or a broken database): the original failure is raised.
+        """
+        refusals = await self._retrying(
+            "find_store_refusals",
+            lambda conn: find_store_refusals(conn, records, self._group_ids, self._scopes),
+        )
+        if not refusals:
+            raise failure
+        by_offset = {r.offset: r for r in refusals}
+        _log.warning("records_refused_by_store", stream=self.stream, partition=partition,
+                     offsets=[str(r.offset) for r in refusals],
+                     sqlstates=sorted({r.sqlstate for r in refusals}))
+        out = []
+        for rec in records:
+            refusal = by_offset.get(rec.offset)
+            if refusal is None:
+                out.append(rec)
+                continue
+            event_id = getattr(rec.classified, "event_id", None)
+            out.append(rec._replace(classified=Quarantined(
+                QuarantineReason.STORE_REFUSED,
+                f"the store refused the record: SQLSTATE {refusal.sqlstate}: {refusal.message}",
+                event_id,
+            )))
+        return out
+
     async def _apply_with_retry(
         self, partition: int, fence: Fence, start: int, batch: Batch, records: list[Record]
     ) -> str:
         """APPLIED; CONFLICT when the checkpoint moved elsewhere (re-read); LOST (stop)."""
         t0 = time.perf_counter()
         try:
-            result = await self._retrying(
-                "apply_batch",
-                lambda conn: apply_batch(
-                    conn,
-                    stream=self.stream,
-                    partition=partition,
-                    start_offset=start,
-                    next_offset=batch.next_offset,
-                    records=records,
-                    group_ids=self._group_ids,
-                    scope_cache=self._scopes,
-                    fence=fence,
-                    closes_partition=batch.closes,
-                ),
-            )
+            while True:
+                try:
+                    result = await self._retrying(
+                        "apply_batch",
+                        partial(
+                            apply_batch,
+                            stream=self.stream,
+                            partition=partition,
+                            start_offset=start,
+                            next_offset=batch.next_offset,
+                            records=records,
+                            group_ids=self._group_ids,
+                            scope_cache=self._scopes,
+                            fence=fence,
+                            closes_partition=batch.closes,
+                            max_future_us=self.settings.max_future_skew_s * 1_000_000,
+                        ),
+                    )
+                    break
+                except Exception as exc:
+                    if not refused_by_store(exc):
+                        raise
+                    # No single record may stop a partition: find the records the
+                    # database refuses, quarantine them, and apply the rest.
+                    records = await self._quarantine_refused(partition, records, exc)
         except CheckpointConflictError as exc:
             _log.warning("batch_conflicted", stream=self.stream, partition=partition,
                          detail=str(exc))

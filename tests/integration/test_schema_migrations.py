@@ -49,7 +49,7 @@ async def test_key_collation_migration_keeps_state_and_compares_bytes(fresh_dsn:
             )
 
         applied = await migrate(conn)
-        assert applied == ["0004_alter_key_collation"]
+        assert applied[0] == "0004_alter_key_collation"
 
         for table, column in (
             ("feature_events", "key_id"),
@@ -96,5 +96,39 @@ async def test_key_collation_migration_keeps_state_and_compares_bytes(fresh_dsn:
             pass
         else:
             raise AssertionError("event_dedupe accepted a duplicate event_id")
+    finally:
+        await conn.close()
+
+
+async def test_a_database_of_one_stream_is_claimed_for_it_by_migration_0005(
+    fresh_dsn: str,
+) -> None:
+    conn = await asyncpg.connect(fresh_dsn)
+    try:
+        await _migrate_to(conn, 4)
+        await conn.execute(
+            "INSERT INTO checkpoints (stream, partition, offset_kind, next_offset)"
+            " VALUES ('s1', 0, 'file_line', 3), ('s1', 1, 'file_line', 0)")
+        await conn.execute(
+            "INSERT INTO feature_groups (name, version, key_type) VALUES ('g', 'v1', 'k')")
+        assert await migrate(conn) == ["0005_one_stream_and_group_meaning"]
+        assert await conn.fetchval("SELECT stream FROM bus_stream") == "s1"
+        # Groups recorded before keep a NULL definition until the next record_policy.
+        assert await conn.fetchval("SELECT definition FROM feature_groups") is None
+    finally:
+        await conn.close()
+
+
+async def test_a_database_of_several_streams_is_left_unclaimed_by_migration_0005(
+    fresh_dsn: str,
+) -> None:
+    conn = await asyncpg.connect(fresh_dsn)
+    try:
+        await _migrate_to(conn, 4)
+        await conn.execute(
+            "INSERT INTO checkpoints (stream, partition, offset_kind, next_offset)"
+            " VALUES ('s1', 0, 'file_line', 3), ('s2', 0, 'file_line', 0)")
+        await migrate(conn)
+        assert await conn.fetchval("SELECT count(*) FROM bus_stream") == 0
     finally:
         await conn.close()

@@ -173,3 +173,32 @@ def test_report_counts_per_partition_and_totals_and_reads_like_the_contract() ->
 
 def test_state_enum_orders_by_severity() -> None:
     assert State.GREEN < State.AMBER < State.RED
+
+
+@pytest.mark.parametrize(("parts", "expected_ago_s"), [
+    # Open partitions only: the least high mark.
+    ([part(0, event_ago_s=5), part(1, event_ago_s=50)], 50),
+    # A closed parent with an old high mark leaves the minimum (after a reshard).
+    ([part(0, event_ago_s=900, closed=True), part(1, event_ago_s=5),
+      part(2, event_ago_s=8)], 8),
+    # Open children without a record yet: the largest closed high mark stands.
+    ([part(0, event_ago_s=900, closed=True), part(1, event_ago_s=30, closed=True),
+      part(2, event_ago_s=None)], 30),
+    # Every partition closed: the largest closed high mark.
+    ([part(0, event_ago_s=900, closed=True), part(1, event_ago_s=40, closed=True)], 40),
+    # Nothing valid anywhere: no watermark.
+    ([part(0, event_ago_s=None), part(1, event_ago_s=None, closed=True)], None),
+])
+def test_the_watermark_is_the_least_open_high_mark(
+    parts: list[PartitionFacts], expected_ago_s: int | None
+) -> None:
+    from ofp.health import watermark_us
+
+    got = watermark_us(parts)
+    assert got == (None if expected_ago_s is None else NOW - expected_ago_s * S)
+
+
+def test_a_closed_parent_does_not_make_the_ladder_red_after_a_reshard() -> None:
+    parent = part(0, applied_ago_s=3600, event_ago_s=3600, closed=True)
+    state, reasons = ladder([parent, part(1, event_ago_s=2), part(2, event_ago_s=3)])
+    assert (state, reasons) == ("GREEN", [])

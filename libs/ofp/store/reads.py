@@ -19,6 +19,18 @@ import asyncpg
 
 from ofp.windows import WindowProbe
 
+# The watermark of a stream's checkpoint rows (SPEC 4.3 as amended): the least
+# event-time high mark over OPEN partitions that hold a valid record. A closed
+# partition (a Kinesis parent after a reshard) receives nothing more, so its
+# last high mark must not hold the watermark back; when no open partition
+# holds a record yet (right after a split, or every shard closed), the
+# stream's history is complete up to the largest closed high mark. min/max
+# skip NULLs, so partitions without a valid record never count.
+WATERMARK_EXPR = (
+    "coalesce(min(max_event_us) FILTER (WHERE NOT closed),"
+    " max(max_event_us) FILTER (WHERE closed))"
+)
+
 SNAPSHOTS_SQL = """
 -- The run scope of each distinct pin set of the batch (NULL: never seen).
 WITH ps AS (
@@ -89,7 +101,7 @@ lasts AS (
         ON lg.req = c.req AND lg.group_id = c.group_id
 ),
 cp AS (
-    SELECT partition, offset_kind, next_offset, max_event_us
+    SELECT partition, offset_kind, next_offset, max_event_us, closed
     FROM checkpoints WHERE stream = $1
 )
 SELECT a.policy_id, a.revision, pol.content_digest, pol.run_config_digest,
@@ -98,7 +110,7 @@ SELECT a.policy_id, a.revision, pol.content_digest, pol.run_config_digest,
        (SELECT array_agg(DISTINCT offset_kind) FROM cp) AS offset_kinds,
        (SELECT array_agg(partition ORDER BY partition) FROM cp) AS partitions,
        (SELECT array_agg(next_offset::text ORDER BY partition) FROM cp) AS offsets,
-       (SELECT min(max_event_us) FROM cp) AS watermark_us,
+       (SELECT {watermark} FROM cp) AS watermark_us,
        (SELECT array_agg(cell ORDER BY cell, win) FROM vals) AS val_cells,
        (SELECT array_agg(win ORDER BY cell, win) FROM vals) AS val_wins,
        (SELECT array_agg(n ORDER BY cell, win) FROM vals) AS val_counts,
@@ -109,7 +121,7 @@ SELECT a.policy_id, a.revision, pol.content_digest, pol.run_config_digest,
        (SELECT array_agg(last_us ORDER BY cell) FROM lasts) AS last_us
 FROM active_policy a
 JOIN policies pol USING (policy_id, revision)
-"""
+""".replace("{watermark}", WATERMARK_EXPR)
 
 Pins = tuple[str, str, str, str, str, int]
 

@@ -8,6 +8,7 @@ every age in the report is measured against. The pure report is `ofp.health`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,12 @@ SELECT (SELECT stream FROM s) AS stream,
 """
 
 
+ACTIVE_TOPIC_SQL = (
+    "SELECT p.content->>'source_topic' FROM active_policy a JOIN policies p"
+    " USING (policy_id, revision)"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class StatusFacts:
     stream: str | None  # None: no stream asked for and no active policy to name one
@@ -65,12 +72,21 @@ def _int(value: Any) -> int | None:
 
 
 async def read_status(
-    conn: asyncpg.Connection | asyncpg.Pool, *, stream: str | None = None
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    stream: str | None = None,
+    bus_stream: Callable[[str], str] | None = None,
 ) -> StatusFacts:
     """Everything the status report needs, from one snapshot.
 
-    `stream` defaults to the active policy's source topic.
+    `stream` defaults to the stream the active policy's source topic is read
+    from: `bus_stream(topic)` (`Settings.bus_stream`, so a custom Kinesis
+    stream name is the one reported), or the topic itself without it.
     """
+    if stream is None and bus_stream is not None:
+        topic = await conn.fetchval(ACTIVE_TOPIC_SQL)
+        if topic is not None:
+            stream = bus_stream(str(topic))
     row = await conn.fetchrow(STATUS_SQL, stream)
     assert row is not None  # a SELECT without FROM always yields one row
     pol = None if row["policy"] is None else json.loads(row["policy"])

@@ -39,7 +39,7 @@ unit: install
 integration: install h2load kinesalite
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration tests/e2e
 
-## Regenerate the .proto, the schema module and the Python stubs from protos/rtdl.
+## Regenerate the .proto and the Python stubs from libs/ofp/contracts/rtdl.
 protos: install
 	$(PY) tools/gen_contracts.py
 

@@ -23,8 +23,13 @@ from google.protobuf.message import Message
 from ofp.api.v1 import feature_service_pb2 as pb
 from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
 from ofp.contracts.errors import ErrorCode
-from ofp.contracts.schemas import GET_FEATURES_ERROR, GET_FEATURES_REQUEST, first_error, format_path
-from ofp.contracts.schemas_gen import SCHEMAS
+from ofp.contracts.schemas import (
+    GET_FEATURES_ERROR,
+    GET_FEATURES_REQUEST,
+    SCHEMAS,
+    first_error,
+    format_path,
+)
 from ofp_server.server import create_server
 from tests.support.harness import get_features, project_once, request_proto, running_server
 from tests.support.harness import settings as make_settings

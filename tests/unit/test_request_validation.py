@@ -18,8 +18,7 @@ from ofp.api.v1 import feature_service_pb2
 from ofp.contracts import request as request_module
 from ofp.contracts.errors import ContractError, ErrorCode
 from ofp.contracts.request import PIN_NAMES, request_to_json, validate_request_json
-from ofp.contracts.schemas import GET_FEATURES_REQUEST, format_path
-from ofp.contracts.schemas_gen import SCHEMAS
+from ofp.contracts.schemas import GET_FEATURES_REQUEST, SCHEMAS, format_path
 
 SCENARIO_RUN_ID = "c" * 32
 PINS: dict[str, Any] = {

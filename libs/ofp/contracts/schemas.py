@@ -1,10 +1,11 @@
 """Compiled validators for the RTDL contract schemas.
 
-The schemas come from `schemas_gen.SCHEMAS` (generated from protos/rtdl), so an installed
-package validates without the repository. All schemas share one `jsonschema_rs.Registry`,
-so cross-file `$ref`s (`context_pins.schema.yaml`, ...) resolve offline, and format
-validation is on.
+The RTDL YAML schemas (the authority, in `ofp/contracts/rtdl/`) ship as package data
+and are read with importlib.resources, so an installed package validates without the
+repository. All schemas share one `jsonschema_rs.Registry`, so cross-file `$ref`s
+(`context_pins.schema.yaml`, ...) resolve offline, and format validation is on.
 
+    SCHEMAS                file name -> schema, as loaded
     validator(name)        compiled validator of one schema file (cached)
     first_error(name, doc) None when `doc` is valid, else "<path>: <message>"
     envelope_errors(obj)   first_error against the canonical envelope
@@ -13,11 +14,25 @@ validation is on.
 from __future__ import annotations
 
 from functools import cache
+from importlib import resources
 from typing import Any
 
 import jsonschema_rs
+import yaml
 
-from ofp.contracts.schemas_gen import SCHEMAS
+
+def load_schemas() -> dict[str, dict[str, Any]]:
+    """Every `*.schema.yaml` of the package's `rtdl/` directory, keyed by file name."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    out: dict[str, dict[str, Any]] = {}
+    for entry in sorted(resources.files("ofp.contracts").joinpath("rtdl").iterdir(),
+                        key=lambda e: e.name):
+        if entry.name.endswith(".schema.yaml"):
+            out[entry.name] = yaml.load(entry.read_text(encoding="utf-8"), Loader=loader)
+    return out
+
+
+SCHEMAS: dict[str, dict[str, Any]] = load_schemas()
 
 ENVELOPE = "canonical_envelope.schema.yaml"
 GET_FEATURES_REQUEST = "get_features_request.schema.yaml"

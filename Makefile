@@ -28,6 +28,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(PY) tools/gen_contracts.py --check
 	$(VENV)/bin/buf lint
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: install
 	$(VENV)/bin/mypy libs services tools bench

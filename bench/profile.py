@@ -23,13 +23,13 @@ import asyncpg
 import psutil  # type: ignore[import-untyped]
 
 from ofp.contracts.request import request_to_json, validate_request_json
+from ofp.model import pins_of
 from ofp.policy import policy_from_normalized
 from ofp.snapshot import plan_read
 from ofp.store.reads import (
     SNAPSHOTS_SQL,
     active_groups,
     active_policy_content,
-    pins_of,
     snapshot_args,
 )
 

@@ -21,6 +21,7 @@ from ofp.contracts.canonical import decimal_text, orjson_canonical
 from ofp.contracts.request import PIN_NAMES, storable_text, unstorable_text
 from ofp.contracts.schemas import ENVELOPE, envelope_errors, validator
 from ofp.contracts.timefmt import parse_micros
+from ofp.model import Pins
 from ofp.policy import FeatureGroup, Policy
 
 KNOWN_SCHEMA_MAJORS = frozenset({"1"})
@@ -85,7 +86,7 @@ class Contribution(NamedTuple):
 class Candidate(NamedTuple):
     """A valid, relevant event; APPLIED unless the store already holds its event_id."""
 
-    pins: tuple[str, str, str, str, str, int]
+    pins: Pins
     event_id: str
     payload_hash: bytes
     ts_us: int

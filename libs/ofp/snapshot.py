@@ -15,8 +15,8 @@ from ofp.contracts.errors import ContractError, ErrorCode
 from ofp.contracts.hashing import basis_digest, snapshot_hash
 from ofp.contracts.request import ValidRequest
 from ofp.contracts.timefmt import format_micros
+from ofp.model import ReadProbes, SnapshotRow
 from ofp.policy import FeatureGroup, Policy
-from ofp.store.reads import ReadProbes, SnapshotRow
 from ofp.windows import WindowProbe, window_probe
 
 FLAG_STALE_INPUT_BASIS = "STALE_INPUT_BASIS"

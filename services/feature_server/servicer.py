@@ -37,11 +37,12 @@ from ofp.contracts.response_proto import response_proto
 from ofp.contracts.timefmt import format_micros
 from ofp.health import Thresholds
 from ofp.logs import get_logger
+from ofp.model import SnapshotRow, pins_of
 from ofp.policy import Policy, policy_from_normalized
 from ofp.snapshot import assemble_snapshot, plan_read
 from ofp.store.coalesce import CoalescingReader
 from ofp.store.db import is_transient
-from ofp.store.reads import SnapshotRow, active_groups, active_policy_content, pins_of
+from ofp.store.reads import active_groups, active_policy_content
 from ofp.store.status import read_status, report
 
 from .metrics import ServerMetrics

@@ -31,6 +31,7 @@ import asyncpg
 from ofp.config import Settings
 from ofp.events import Outcome, Quarantined, QuarantineReason, classify
 from ofp.logs import get_logger
+from ofp.model import Pins
 from ofp.policy import Policy
 from ofp.store.db import is_transient, migrate
 from ofp.store.leases import Lease, LeaseManager, plan_balance
@@ -44,7 +45,6 @@ from ofp.store.writes import (
     CheckpointConflictError,
     Fence,
     LeaseLostError,
-    Pins,
     Record,
     apply_batch,
     claim_stream,

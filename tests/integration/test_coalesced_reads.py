@@ -16,9 +16,10 @@ import pytest
 
 from ofp.contracts.request import validate_request_json
 from ofp.contracts.timefmt import parse_micros
+from ofp.model import Pins, ReadProbes
 from ofp.snapshot import plan_read
 from ofp.store.coalesce import CoalescingReader
-from ofp.store.reads import Pins, ReadProbes, active_groups, read_snapshot
+from ofp.store.reads import active_groups, read_snapshot
 from tests.support.harness import default_policy, get_features, project_once, running_server
 from tests.support.streams import (
     BASE_US,

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from .reads import Pins, ReadProbes, SnapshotRow, read_snapshots
+from ofp.model import Pins, ReadProbes, SnapshotRow
+
+from .reads import read_snapshots
 
 # One statement carries at most this many requests and cells (a request
 # larger than the cell bound goes alone): the statement's parameters and the

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from ofp.model import Pins, ReadProbes, SnapshotRow
 from ofp.windows import WindowProbe
 
 # The watermark of a stream's checkpoint rows (SPEC 4.3 as amended): the least
@@ -123,42 +124,6 @@ FROM active_policy a
 JOIN policies pol USING (policy_id, revision)
 """.replace("{watermark}", WATERMARK_EXPR)
 
-Pins = tuple[str, str, str, str, str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class ReadProbes:
-    """What one snapshot read sums, in the statement's parameter layout.
-
-    `windows` are the request's distinct windows; `cells` the (group id, key id)
-    pairs asked for; `group_windows` which windows (indexes into `windows`) each
-    group has; `last_from` the exclusive lower bound of each group's
-    last-event search, whose upper bound is `as_of_us`.
-    """
-
-    windows: list[WindowProbe]
-    cells: list[tuple[int, str]]
-    group_windows: list[tuple[int, int]]
-    last_from: list[tuple[int, int]]
-    as_of_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotRow:
-    policy_id: str
-    revision: str
-    content_digest: str
-    run_config_digest: str
-    scope_id: int | None
-    retained_from_us: int | None
-    offset_kinds: list[str]
-    offsets: list[tuple[int, str]]  # (partition, exclusive-next offset) by partition
-    watermark_us: int | None
-    # (cell, window) -> (count, canonical decimal text of the sum)
-    values: dict[tuple[int, int], tuple[int, str]]
-    lasts: dict[int, int | None]  # cell -> last ts_us within its group's longest window
-
-
 async def read_snapshot(
     conn: asyncpg.Connection | asyncpg.Pool,
     *,
@@ -169,18 +134,6 @@ async def read_snapshot(
     """One request's read; None when no policy is active yet."""
     rows = await read_snapshots(conn, stream=stream, reads=[(pins, probes)])
     return None if rows is None else rows[0]
-
-
-def pins_of(pins: dict[str, Any]) -> Pins:
-    """A request's pins (validated JSON form) as the statement's pin tuple."""
-    return (
-        pins["platform_run_id"],
-        pins["scenario_run_id"],
-        pins["scenario_id"],
-        pins["manifest_fingerprint"],
-        pins["parameter_hash"],
-        int(pins["seed"]),
-    )
 
 
 @dataclass(frozen=True, slots=True)

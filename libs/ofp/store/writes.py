@@ -26,11 +26,10 @@ from ofp.events import (
     QuarantineReason,
     storable,
 )
+from ofp.model import Pins
 from ofp.policy import FeatureGroup, Policy
 from ofp.store.reads import WATERMARK_EXPR
 from ofp.windows import TILE_US
-
-Pins = tuple[str, str, str, str, str, int]
 
 
 class CheckpointConflictError(Exception):

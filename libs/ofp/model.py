@@ -1,0 +1,66 @@
+"""The domain's own types, shared by the pure code and the store.
+
+The pure request -> plan -> snapshot code (`ofp.snapshot`) and the store's
+statements (`ofp.store`) both speak these; neither side owns them, so the
+domain never imports the store.
+
+    Pins         the six ContextPins of a run scope, in one tuple spelling
+    ReadProbes   what one snapshot read sums (the read statement's layout)
+    SnapshotRow  what the read statement returns for one request
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ofp.windows import WindowProbe
+
+# (platform_run_id, scenario_run_id, scenario_id, manifest_fingerprint,
+#  parameter_hash, seed): a run scope's identity, the key of `run_scopes`.
+Pins = tuple[str, str, str, str, str, int]
+
+
+def pins_of(pins: dict[str, Any]) -> Pins:
+    """A request's pins (validated JSON form) as the statement's pin tuple."""
+    return (
+        pins["platform_run_id"],
+        pins["scenario_run_id"],
+        pins["scenario_id"],
+        pins["manifest_fingerprint"],
+        pins["parameter_hash"],
+        int(pins["seed"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReadProbes:
+    """What one snapshot read sums, in the statement's parameter layout.
+
+    `windows` are the request's distinct windows; `cells` the (group id, key id)
+    pairs asked for; `group_windows` which windows (indexes into `windows`) each
+    group has; `last_from` the exclusive lower bound of each group's
+    last-event search, whose upper bound is `as_of_us`.
+    """
+
+    windows: list[WindowProbe]
+    cells: list[tuple[int, str]]
+    group_windows: list[tuple[int, int]]
+    last_from: list[tuple[int, int]]
+    as_of_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRow:
+    policy_id: str
+    revision: str
+    content_digest: str
+    run_config_digest: str
+    scope_id: int | None
+    retained_from_us: int | None
+    offset_kinds: list[str]
+    offsets: list[tuple[int, str]]  # (partition, exclusive-next offset) by partition
+    watermark_us: int | None
+    # (cell, window) -> (count, canonical decimal text of the sum)
+    values: dict[tuple[int, int], tuple[int, str]]
+    lasts: dict[int, int | None]  # cell -> last ts_us within its group's longest window

@@ -10,18 +10,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import json_format
-from google.rpc import status_pb2
+from grpc_status import rpc_status
 
 from ofp.api.v1 import feature_service_pb2 as pb
 from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
 
 from .errors import CliError
 
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
@@ -157,15 +156,15 @@ def _int64_as_numbers(doc: Any, descriptor: Any) -> Any:
 
 def contract_error(exc: grpc.aio.AioRpcError) -> dict[str, Any]:
     code = exc.code()
-    metadata: Any = exc.trailing_metadata() or ()
-    for key, value in metadata:
-        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            err = pb.ErrorResponse()
-            if detail.Is(err.DESCRIPTOR) and detail.Unpack(err):
-                return {**to_json(err), "grpc_code": code.name}
+    try:
+        # AioRpcError has every method from_call reads (code, details, trailing metadata).
+        status = rpc_status.from_call(cast(grpc.Call, exc))
+    except ValueError:  # details that contradict the status line: not ours to trust
+        status = None
+    for detail in status.details if status is not None else ():
+        err = pb.ErrorResponse()
+        if detail.Is(err.DESCRIPTOR) and detail.Unpack(err):
+            return {**to_json(err), "grpc_code": code.name}
     # No contract detail: the server was not reached, or something between failed.
     return {
         "status": "ERROR",

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 import grpc
@@ -22,6 +22,7 @@ import structlog
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from ofp.api.v1 import feature_service_pb2 as pb
 from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
@@ -104,52 +105,36 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         )
 
     async def GetFeatures(
-        self, request: pb.GetFeaturesRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        request: pb.GetFeaturesRequest | UndecodableRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.GetFeaturesResponse:
-        if isinstance(request, UndecodableRequest):
-            request_id = None
-        else:
-            request_id = _echoable_request_id(request)
+        request_id = _echoable_request_id(request)
         outcome = _Outcome()
         with _rpc_scope("GetFeatures", request_id, context, outcome, self.metrics):
             if isinstance(request, UndecodableRequest):
-                await _abort_contract(
-                    context,
-                    ContractError(
-                        ErrorCode.INVALID_REQUEST, "request is not a GetFeaturesRequest"
-                    ),
-                    None,
-                    outcome,
-                )
+                await _abort(context, request.refusal, None, outcome)
             response = await self._guarded(
                 self._get_features(request), context, request_id, outcome
             )
             freshness = response.snapshot.freshness
             self.metrics.snapshot_served(state=freshness.state, flags=list(freshness.flags))
             return response
-        raise AssertionError("unreachable")
 
     async def GetStatus(
-        self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        request: pb.GetStatusRequest | UndecodableRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.GetStatusResponse:
         """Projection status and the health ladder (SPEC 4.6), from one database snapshot."""
-        request_id = None
-        if not isinstance(request, UndecodableRequest) and request.HasField("request_id"):
-            rid = request.request_id
-            request_id = rid if 0 < len(rid) <= 128 and unstorable_text(rid) is None else None
+        request_id = _echoable_request_id(request)
         outcome = _Outcome()
         with _rpc_scope("GetStatus", request_id, context, outcome, self.metrics):
             if isinstance(request, UndecodableRequest):
-                await _abort_contract(
-                    context,
-                    ContractError(ErrorCode.INVALID_REQUEST, "request is not a GetStatusRequest"),
-                    None,
-                    outcome,
-                )
+                await _abort(context, request.refusal, None, outcome)
             return await self._guarded(
                 self._get_status(request, request_id), context, request_id, outcome
             )
-        raise AssertionError("unreachable")
 
     async def _guarded(
         self,
@@ -164,9 +149,9 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             async with asyncio.timeout(self.settings.deadline_ms / 1000):
                 return await work
         except ContractError as exc:
-            await _abort_contract(context, exc, request_id, outcome)
+            await _abort(context, exc, request_id, outcome)
         except TimeoutError:
-            await _abort_contract(
+            await _abort(
                 context,
                 ContractError(ErrorCode.UNAVAILABLE, "the server-side deadline expired"),
                 request_id,
@@ -174,7 +159,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             )
         except Exception as exc:
             if is_transient(exc):
-                await _abort_contract(
+                await _abort(
                     context,
                     ContractError(ErrorCode.UNAVAILABLE, "the feature store is unreachable"),
                     request_id,
@@ -183,8 +168,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             outcome.code, outcome.grpc_code = "INTERNAL", grpc.StatusCode.INTERNAL.name
             # A bug, never bad input (the fuzz test asserts it): keep the traceback.
             _log.exception("rpc_failed", error=type(exc).__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        raise AssertionError("unreachable")
+            await _end(context, grpc.StatusCode.INTERNAL, "internal error")
 
     async def _get_status(
         self, request: pb.GetStatusRequest, request_id: str | None
@@ -254,25 +238,38 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
 
 
 class UndecodableRequest:
-    """Bytes that do not parse as a GetFeaturesRequest: refused as INVALID_REQUEST."""
+    """Bytes that do not parse as the RPC's request message: refused as INVALID_REQUEST."""
+
+    __slots__ = ("refusal",)
+
+    def __init__(self, message_name: str) -> None:
+        self.refusal = ContractError(
+            ErrorCode.INVALID_REQUEST, f"request is not a {message_name}"
+        )
 
 
-def decode_request(data: bytes) -> pb.GetFeaturesRequest | UndecodableRequest:
-    msg = pb.GetFeaturesRequest()
-    try:
-        msg.ParseFromString(data)
-    except DecodeError:
-        return UndecodableRequest()
-    return msg
+_M = TypeVar("_M", pb.GetFeaturesRequest, pb.GetStatusRequest)
 
 
-def decode_status_request(data: bytes) -> pb.GetStatusRequest | UndecodableRequest:
-    msg = pb.GetStatusRequest()
-    try:
-        msg.ParseFromString(data)
-    except DecodeError:
-        return UndecodableRequest()
-    return msg
+def request_decoder(message: type[_M]) -> Callable[[bytes], _M | UndecodableRequest]:
+    """The request deserializer of one RPC: the message, or an UndecodableRequest that
+    the servicer refuses with a contract error (grpc's own failure would be a bare
+    INTERNAL without our details)."""
+    name = message.DESCRIPTOR.name
+
+    def decode(data: bytes) -> _M | UndecodableRequest:
+        msg = message()
+        try:
+            msg.ParseFromString(data)
+        except DecodeError:
+            return UndecodableRequest(name)
+        return msg
+
+    return decode
+
+
+decode_request = request_decoder(pb.GetFeaturesRequest)
+decode_status_request = request_decoder(pb.GetStatusRequest)
 
 
 class _Outcome:
@@ -333,9 +330,11 @@ class _rpc_scope:
             structlog.contextvars.reset_contextvars(**self._tokens)
 
 
-def _echoable_request_id(request: pb.GetFeaturesRequest) -> str | None:
-    """The request id to echo: only one the contract allows (1..128 characters)."""
-    if not request.HasField("request_id"):
+def _echoable_request_id(
+    request: pb.GetFeaturesRequest | pb.GetStatusRequest | UndecodableRequest,
+) -> str | None:
+    """The request id to echo: only one the contract allows (1..128 storable characters)."""
+    if isinstance(request, UndecodableRequest) or not request.HasField("request_id"):
         return None
     rid = request.request_id
     return rid if 0 < len(rid) <= 128 and unstorable_text(rid) is None else None
@@ -366,25 +365,27 @@ def error_status(exc: ContractError, request_id: str | None) -> status_pb2.Statu
     )
 
 
-async def _abort_contract(
+async def _abort(
     context: grpc.aio.ServicerContext[Any, Any],
     exc: ContractError,
     request_id: str | None,
     outcome: _Outcome,
-) -> None:
+) -> NoReturn:
+    """End the RPC with the contract error as rich details (google.rpc.Status)."""
     outcome.code, outcome.grpc_code = exc.code.value, exc.grpc_code.name
-    await _abort(context, exc, request_id)
+    status = rpc_status.to_status(error_status(exc, request_id))
+    await _end(context, status.code, status.details, status.trailing_metadata)
 
 
-async def _abort(
-    context: grpc.aio.ServicerContext[Any, Any], exc: ContractError, request_id: str | None
-) -> None:
-    status = error_status(exc, request_id)
-    await context.abort(
-        exc.grpc_code,
-        exc.detail,
-        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-    )
+async def _end(
+    context: grpc.aio.ServicerContext[Any, Any],
+    code: grpc.StatusCode,
+    details: str,
+    trailing_metadata: tuple[tuple[str, str | bytes], ...] = (),
+) -> NoReturn:
+    await context.abort(code, details, trailing_metadata=trailing_metadata)
+    # grpc.aio's abort always raises; its type stubs do not say so.
+    raise AssertionError("ServicerContext.abort returned")
 
 
 def _metadata_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:

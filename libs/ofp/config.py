@@ -6,12 +6,12 @@ secret: it is read from the environment only and masked wherever it is printed.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import yaml
 
 if TYPE_CHECKING:
@@ -210,30 +210,20 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         text = environ.get(env_name(name))
         if text is not None and text != "":
             values[name] = text
-    coerced = {name: _coerce(known[name], value) for name, value in values.items()}
-    return Settings(**coerced).validate()
-
-
-def _boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(value)
-
-
-def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
-    kind = str(f.type)
-    if value is None:
-        return None
+    # msgspec converts by the declared types (strings from the environment to
+    # int / bool / None-able fields; lax mode) and names the field it refuses.
     try:
-        if kind == "bool":
-            return _boolean(value)
-        if kind.startswith("int"):
-            return int(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{f.name}: {value!r} is not a valid {kind}") from None
+        settings = msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_setting_error(str(exc), values)) from None
+    return settings.validate()
+
+
+def _setting_error(message: str, values: dict[str, Any]) -> str:
+    """msgspec's "Expected `int`, got `str` - at `$.batch_size`" -> one line naming the
+    setting, the value given and its environment variable."""
+    expected, _, where = message.partition(" - at `$.")
+    name = where.rstrip("`")
+    if name not in values:
+        return message
+    return f"{name} ({env_name(name)}): {values[name]!r} is not valid: {expected}"

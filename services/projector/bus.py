@@ -25,6 +25,9 @@ class Batch:
     at_end: bool  # the reader has caught up with the bus (for --once)
     closes: bool = False  # SHARD_END: nothing follows this batch in the partition
     lag_ms: int | None = None  # how far behind the bus, where the bus says
+    # With `closes`: the partition left the bus's retention before it was read to its
+    # end, so the records after `next_offset` were deleted upstream (reported, not applied).
+    left_retention: bool = False
 
 
 class PartitionSource(Protocol):

@@ -8,13 +8,51 @@ when configured, and only for a shard without parents).
 
 Retrying is ours, not botocore's: the client is built with retries off and
 with connect and read timeouts, and a reader backs off on throttling
-(`ProvisionedThroughputExceededException` and friends), asks for a fresh
-iterator when one expired, and resumes from its last applied record after a
-transient failure. Nothing is ever skipped: an error never advances a position.
+(`ProvisionedThroughputExceededException` and friends) and on transient
+failures, presenting the same iterator again (a failed call leaves an iterator
+valid, and a fresh one costs a GetShardIterator call, limited per shard); it
+asks for a fresh iterator from its last applied record only when the old one
+expired. Nothing is ever skipped: an error never advances a position.
 
-SHARD_END is a null `NextShardIterator`, or (emulators keep handing out
-iterators at the end of a closed shard) an empty read of a shard whose
-`EndingSequenceNumber` is known and already applied.
+LATEST is taken once per reader. Until a record arrives there is no sequence
+number to resume from, so the reader remembers where it took LATEST: the
+server's `Date` of that answer less a second (the header has whole seconds),
+or the local clock at the request when that is earlier. An iterator renewed
+before the first record is AT_TIMESTAMP of that moment: never later than the
+LATEST position, so nothing written after it is skipped (a second or so of
+records before it may be read too). The place lives in the reader, not the
+store: a new reader of a shard still at checkpoint 0 (a restart, a lease taken
+over) takes LATEST afresh, so records that arrived after the first reader took
+LATEST and that it never committed (it stopped or lost its lease first) are
+not read by the new one.
+
+SHARD_END, the end of a closed shard, is one of:
+
+- a null `NextShardIterator` (AWS, kinesalite); or
+- an empty page while the last sequence number handed out is at or beyond
+  the shard's listed `EndingSequenceNumber` (moto, which hands out iterators
+  at the end of a closed shard forever). Before the first record the reader
+  counts as at 0, below every sequence number (they are positive), so a
+  closed shard listed with ending 0 (moto's empty closed shard) is at its end,
+  and a closed shard that holds records is not until they are handed out.
+
+An empty page by itself proves nothing: Kinesis documents empty pages before
+the records of a shard and before its end, and emulators answer them too
+(kinesalite reading past a shard closed a second or more after its last
+record). The ending number is compared only after an empty read: moto's split
+re-writes the parent's records, and an ending listed in that moment is too
+small, but a read after it finds the re-written records.
+
+A shard can leave the stream while a checkpoint of it is open: Kinesis drops
+a closed shard from ListShards once it is older than the retention period, and
+GetShardIterator answers ResourceNotFoundException. The reader then lists the
+stream's shards: a stream that is missing is a configuration error and is
+raised; a stream that no longer lists the shard means its unread records were
+deleted upstream. The reader closes the partition at its checkpoint (a
+closing batch marked `left_retention`), logs `partition_left_retention` as a
+warning naming the stream, shard and checkpoint, and the projector counts it
+(`ofp_projector_partitions_left_retention`), so the children are read and the
+loss is reported, never hidden.
 """
 
 from __future__ import annotations
@@ -23,6 +61,8 @@ import asyncio
 import random
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -44,6 +84,7 @@ THROTTLED = frozenset({
 })
 EXPIRED = frozenset({"ExpiredIteratorException"})
 TRANSIENT = frozenset({"InternalFailure", "ServiceUnavailable", "InternalServerError"})
+NOT_FOUND = "ResourceNotFoundException"
 _SHARD_SUFFIX = re.compile(r"(\d+)$")
 _log = get_logger("ofp.projector.kinesis")
 
@@ -77,6 +118,26 @@ def error_kind(exc: BaseException) -> str | None:
 
 def backoff_s(attempt: int) -> float:
     return float(min(MAX_BACKOFF_S, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
+
+
+def error_code(exc: BaseException) -> str | None:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "")) or None
+    return None
+
+
+def latest_anchor(resp: dict[str, Any], asked_at: datetime) -> datetime:
+    """Where a LATEST iterator stands, never later than it: the answer's `Date` (whole
+    seconds, stamped after LATEST was taken) less a second, or the local clock when
+    the request left if that is earlier (or the answer has no usable `Date`)."""
+    date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        server = parsedate_to_datetime(str(date)) - timedelta(seconds=1)
+    except (TypeError, ValueError):
+        return asked_at
+    if server.tzinfo is None:
+        return asked_at
+    return min(server, asked_at)
 
 
 class KinesisBus:
@@ -162,6 +223,10 @@ class KinesisBus:
     def open(self, partition: int, checkpoint: int) -> ShardReader:
         return ShardReader(self, partition, checkpoint)
 
+    async def is_listed(self, partition: int) -> bool:
+        """Whether ListShards still lists the shard; a missing stream raises (as ListShards)."""
+        return any(shard_partition(s["ShardId"]) == partition for s in await self._list_shards())
+
     async def _list_shards(self) -> list[dict[str, Any]]:
         shards: list[dict[str, Any]] = []
         token: str | None = None
@@ -210,20 +275,30 @@ class ShardReader:
         # the next batch only after applying this one); None before the first.
         self.position: int | None = checkpoint - 1 if checkpoint > 0 else None
         self._iterator: str | None = None
+        # Where LATEST was taken, while no record has been handed out (module docstring).
+        self._latest_at: datetime | None = None
         self.throttled = 0
         self.expired = 0
         self.transient = 0
 
     async def _new_iterator(self) -> str:
         kwargs: dict[str, Any] = {"StreamName": self.bus.stream, "ShardId": self.shard_id}
+        latest = False
         if self.position is not None:
             kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER",
                           StartingSequenceNumber=str(self.position))
+        elif self._latest_at is not None:
+            # LATEST again would skip what arrived since it was first taken.
+            kwargs.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=self._latest_at)
         elif self.bus.start_position == "LATEST" and not self.bus.parents(self.partition):
             kwargs["ShardIteratorType"] = "LATEST"
+            latest = True
         else:
             kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+        asked_at = datetime.now(UTC)
         resp = await self.bus.client.get_shard_iterator(**kwargs)
+        if latest:
+            self._latest_at = latest_anchor(resp, asked_at)
         return str(resp["ShardIterator"])
 
     async def read(self, max_records: int) -> Batch:
@@ -235,6 +310,8 @@ class ShardReader:
                     self._iterator = await self._new_iterator()
                 resp = await self.bus.client.get_records(ShardIterator=self._iterator, Limit=limit)
             except Exception as exc:
+                if error_code(exc) == NOT_FOUND and not await self.bus.is_listed(self.partition):
+                    return self._left_retention()
                 kind = error_kind(exc)
                 if kind is None:
                     raise
@@ -250,8 +327,7 @@ class ShardReader:
                 elif kind == "throttled":
                     self.throttled += 1  # the iterator stays valid; same request again
                 else:
-                    self.transient += 1
-                    self._iterator = None
+                    self.transient += 1  # so does a failed call's; same request again
                 delay = backoff_s(attempt)
                 _log.warning("kinesis_retrying", stream=self.bus.stream,
                              partition=self.partition, kind=kind, attempt=attempt,
@@ -259,6 +335,21 @@ class ShardReader:
                 await asyncio.sleep(delay)
                 continue
             return self._batch(resp)
+
+    def _next_offset(self) -> int:
+        return 0 if self.position is None else self.position + 1
+
+    def _left_retention(self) -> Batch:
+        """The shard is gone from the stream (older than its retention): close it where
+        the checkpoint stands; whatever followed the checkpoint was deleted upstream."""
+        next_offset = self._next_offset()
+        self._iterator = None
+        _log.warning("partition_left_retention", stream=self.bus.stream,
+                     partition=self.partition, shard_id=self.shard_id,
+                     next_offset=str(next_offset), records_after_checkpoint="lost upstream",
+                     detail="the stream no longer lists the shard; closing it so its"
+                            " children are read")
+        return Batch([], next_offset, at_end=True, closes=True, left_retention=True)
 
     def _batch(self, resp: dict[str, Any]) -> Batch:
         records = [(int(r["SequenceNumber"]), bytes(r["Data"])) for r in resp.get("Records", [])]
@@ -269,20 +360,19 @@ class ShardReader:
         lag_ms = None if lag is None else int(lag)
         self._iterator = next_iterator
         ending = self.bus.ending_sequence(self.partition)
-        # An emulator's closed shard: the end is reached when a read past the last
-        # applied record comes back empty and that record is at or beyond the
-        # shard's EndingSequenceNumber (an empty closed shard has nothing to reach).
+        # SHARD_END (module docstring): a null iterator, or an empty page once the last
+        # sequence handed out (0 before the first: sequence numbers are positive)
+        # reached the listed EndingSequenceNumber. Never an empty page alone.
         closes = next_iterator is None or (
             ending is not None
             and not records
-            and (self.position is None or self.position >= ending)
+            and (0 if self.position is None else self.position) >= ending
         )
-        next_offset = 0 if self.position is None else self.position + 1
         # A closed shard is drained only at SHARD_END: before its null iterator, AWS and
         # kinesalite may answer an empty page with a next iterator (kinesalite does when
         # the shard closed a second or more after its last record).
         at_end = not records and not lag_ms and (ending is None or closes)
-        return Batch(records, next_offset, at_end=at_end, closes=closes, lag_ms=lag_ms)
+        return Batch(records, self._next_offset(), at_end=at_end, closes=closes, lag_ms=lag_ms)
 
     async def close(self) -> None:
         self._iterator = None

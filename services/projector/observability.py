@@ -66,6 +66,13 @@ class ProjectorMetrics:
             ["partition"],
             registry=self.registry,
         )
+        self.left_retention = Counter(
+            "ofp_projector_partitions_left_retention",
+            "Partitions closed because the bus dropped them (retention) before they were"
+            " read to their end; the records after their checkpoint were lost upstream",
+            ["partition"],
+            registry=self.registry,
+        )
         self.leases = Gauge(
             "ofp_projector_leases_held", "Partition leases this replica holds",
             registry=self.registry,
@@ -113,6 +120,10 @@ class ProjectorMetrics:
         for gauge in (self.lag_records, self.lag_seconds, self.watermark_age_seconds):
             with contextlib.suppress(KeyError):
                 gauge.remove(label)
+
+    def partition_left_retention(self, partition: int) -> None:
+        """A partition closed unread to its end: the bus no longer holds it."""
+        self.left_retention.labels(partition=str(partition)).inc()
 
     def leases_held(self, n: int) -> None:
         self.leases.set(n)

@@ -436,6 +436,8 @@ class Projector:
                     if batch.closes:
                         _log.info("partition_closed", stream=self.stream, partition=p,
                                   next_offset=checkpoint)
+                        if batch.left_retention:  # records past the checkpoint lost upstream
+                            self.metrics.partition_left_retention(p)
                         return "closed"
                     continue
                 if once and batch.at_end:

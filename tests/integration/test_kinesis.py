@@ -28,6 +28,7 @@ from tests.support.kinesis import (
     kinesis_endpoint,
     put_lines,
     put_partitions,
+    service_error,
     snapshots,
 )
 from tests.support.kinesis import feature_requests as _requests
@@ -183,25 +184,11 @@ class _FaultInjector:
         self.calls += 1
         if self.calls % 3 == 0:
             self.throttled += 1
-            return _error("ProvisionedThroughputExceededException", 400)
+            return service_error("ProvisionedThroughputExceededException", 400)
         if self.calls % 7 == 1:
             self.expired += 1
-            return _error("ExpiredIteratorException", 400)
+            return service_error("ExpiredIteratorException", 400)
         return None
-
-
-class _Http:
-    def __init__(self, status: int) -> None:
-        self.status_code = status
-        self.headers: dict[str, str] = {}
-        self.content = b""
-
-
-def _error(code: str, status: int) -> tuple[_Http, dict[str, Any]]:
-    return _Http(status), {
-        "Error": {"Code": code, "Message": f"injected {code}"},
-        "ResponseMetadata": {"HTTPStatusCode": status},
-    }
 
 
 async def test_injected_throttling_and_expired_iterators_lose_nothing(

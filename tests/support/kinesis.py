@@ -309,3 +309,125 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout_s: float)
             return
         await asyncio.sleep(0.1)
     raise AssertionError("condition not reached in time")
+
+
+# ---------------------------------------------------------------- fault injection (botocore hooks)
+
+
+class FakeHttp:
+    """The HTTP half of an answer a `before-call` hook gives instead of the server."""
+
+    def __init__(self, status: int) -> None:
+        self.status_code = status
+        self.headers: dict[str, str] = {}
+        self.content = b""
+
+
+def service_error(code: str, status: int) -> tuple[FakeHttp, dict[str, Any]]:
+    """A `before-call` answer: the service refused the call with `code`."""
+    return FakeHttp(status), {
+        "Error": {"Code": code, "Message": f"injected {code}"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+
+
+class ShardIterators:
+    """botocore hooks that tell which shard every iterator the client uses belongs to:
+    those GetShardIterator handed out, and every NextShardIterator after them.
+
+    A GetRecords call's shard is `context["ofp_shard"]` in later hooks of that call."""
+
+    def __init__(self) -> None:
+        self.shard_of: dict[str, str] = {}
+
+    def attach(self, client: Any) -> None:
+        events = client.meta.events
+        events.register("before-parameter-build.kinesis.GetShardIterator", self._asked)
+        events.register("after-call.kinesis.GetShardIterator", self._handed_out)
+        events.register("before-parameter-build.kinesis.GetRecords", self._reading)
+        events.register("after-call.kinesis.GetRecords", self._read)
+
+    def _asked(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["ofp_shard"] = params["ShardId"]
+
+    def _handed_out(self, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        if "ShardIterator" in parsed:
+            self.shard_of[parsed["ShardIterator"]] = context["ofp_shard"]
+
+    def _reading(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["ofp_iterator"] = params["ShardIterator"]
+        context["ofp_shard"] = self.shard_of.get(params["ShardIterator"])
+
+    def _read(self, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        if parsed.get("NextShardIterator") and context.get("ofp_shard"):
+            self.shard_of[parsed["NextShardIterator"]] = context["ofp_shard"]
+
+
+class EmptyPages(ShardIterators):
+    """Answers chosen GetRecords calls of chosen shards with an empty page (no records,
+    `MillisBehindLatest` 0, the same iterator as the next one), as Kinesis may before
+    a shard's records or its end; the call never reaches the server.
+
+    `calls` maps a shard id to the 1-based numbers of its GetRecords calls to answer so."""
+
+    def __init__(self, calls: dict[str, set[int]]) -> None:
+        super().__init__()
+        self.calls = calls
+        self.seen: dict[str, int] = {}
+        self.injected: dict[str, int] = {}
+
+    def attach(self, client: Any) -> None:
+        super().attach(client)
+        client.meta.events.register("before-call.kinesis.GetRecords", self._answer)
+
+    def _answer(self, context: dict[str, Any], **_: Any) -> Any:
+        shard = context.get("ofp_shard")
+        if shard is None:
+            return None
+        n = self.seen[shard] = self.seen.get(shard, 0) + 1
+        if n not in self.calls.get(shard, set()):
+            return None
+        self.injected[shard] = self.injected.get(shard, 0) + 1
+        return FakeHttp(200), {
+            "Records": [],
+            "NextShardIterator": context["ofp_iterator"],
+            "MillisBehindLatest": 0,
+            "ResponseMetadata": {"HTTPStatusCode": 200},
+        }
+
+
+async def put_at(
+    client: Any, name: str, hash_key: int, lines: list[str]
+) -> list[tuple[str, str]]:
+    """Put `lines` with one ExplicitHashKey (so one shard takes them all, in order);
+    returns (shard id, sequence number) of each."""
+    placed: list[tuple[str, str]] = []
+    for i in range(0, len(lines), 250):
+        resp = await client.put_records(StreamName=name, Records=[
+            {"Data": line.encode(), "PartitionKey": "p", "ExplicitHashKey": str(hash_key)}
+            for line in lines[i : i + 250]
+        ])
+        assert resp.get("FailedRecordCount", 0) == 0
+        placed.extend((r["ShardId"], r["SequenceNumber"]) for r in resp["Records"])
+    return placed
+
+
+async def hash_range(client: Any, name: str, shard_id: str) -> tuple[int, int]:
+    for s in (await client.list_shards(StreamName=name))["Shards"]:
+        if s["ShardId"] == shard_id:
+            r = s["HashKeyRange"]
+            return int(r["StartingHashKey"]), int(r["EndingHashKey"])
+    raise AssertionError(f"{shard_id} is not listed")
+
+
+async def split_in_half(client: Any, name: str, shard_id: str) -> None:
+    lo, hi = await hash_range(client, name, shard_id)
+    await client.split_shard(StreamName=name, ShardToSplit=shard_id,
+                             NewStartingHashKey=str((lo + hi) // 2))
+    await wait_active(client, name)
+
+
+async def checkpoint_rows(pool: asyncpg.Pool, stream: str) -> dict[int, asyncpg.Record]:
+    return {r["partition"]: r for r in await pool.fetch(
+        "SELECT partition, next_offset, closed, parents, max_event_us FROM checkpoints"
+        " WHERE stream = $1", stream)}

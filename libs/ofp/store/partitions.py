@@ -63,7 +63,10 @@ def workable(states: dict[int, PartitionState], listed: set[int]) -> list[int]:
     """Partitions a replica may consume now: open, and every parent closed.
 
     A parent that is neither listed by the bus nor known to the store has left
-    the bus's retention: there is nothing of it to wait for.
+    the bus's retention: there is nothing of it to wait for. One the store knows
+    as open but the bus no longer lists is workable itself: its reader finds it
+    gone and closes it where its checkpoint stands (`kinesis_bus`), and then
+    its children are workable.
     """
     out = []
     for p, s in states.items():

@@ -48,7 +48,7 @@ _BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("logging + metrics", ("structlog/", "prometheus_client/", "logging/")),
     ("protobuf", ("google/protobuf", "google/rpc")),
     ("OFP code (validate, plan, assemble, hash, proto)",
-     ("ofp/", "feature_server/", "ofp_server/")),
+     ("ofp/", "ofp_server/")),
     ("asyncio (Python)", ("asyncio/",)),
 )
 

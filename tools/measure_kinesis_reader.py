@@ -20,12 +20,8 @@ import os
 import sys
 import time
 import uuid
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from projector.kinesis_bus import KinesisBus
-else:
-    from ofp_projector.kinesis_bus import KinesisBus
+from ofp_projector.kinesis_bus import KinesisBus
 
 ENVELOPE = {
     "event_type": "txn",

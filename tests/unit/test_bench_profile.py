@@ -5,8 +5,8 @@ from __future__ import annotations
 from bench.profile import parse_raw
 
 RAW = """\
-<module> (ofp-server:6);main (feature_server/main.py:61);Runner.run (asyncio/runners.py:118) 30
-<module> (ofp-server:6);GetFeatures (feature_server/servicer.py:103) 5
+<module> (ofp-server:6);main (ofp_server/main.py:61);Runner.run (asyncio/runners.py:118) 30
+<module> (ofp-server:6);GetFeatures (ofp_server/servicer.py:103) 5
 <module> (ofp-server:6);Runner.run (asyncio/runners.py:118);plan_read (ofp/snapshot.py:75) 15
 Thread._bootstrap (threading.py:1002);Thread.run (threading.py:982) 20
 <module> (x:1);fetchrow (asyncpg/pool.py:777);Connection._do_execute (asyncpg/connection.py:2069) 20

@@ -22,12 +22,13 @@ from ofp.config import Settings
 from ofp.contracts.hashing import verify_response
 from ofp.policy import Policy, load_policy
 from ofp.store.db import create_pool
+from ofp_projector import file_bus
+from ofp_server.server import create_server
 
 from .client import RpcFailedError, get_features, parse_key
 from .database import resolve_dsn, temporary_database
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_UNCHECKABLE, CliError
 from .rebuild import rebuild
-from .workloads import create_server, file_bus
 
 REPLAY_TIMEOUT_S = 30.0
 

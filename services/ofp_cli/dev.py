@@ -28,12 +28,14 @@ from ofp.contracts.timefmt import format_micros, parse_micros
 from ofp.policy import FeatureGroup, Policy, load_policy
 from ofp.store.db import create_pool
 from ofp.store.reads import WATERMARK_EXPR
+from ofp_projector import file_bus
+from ofp_projector.projector import Projector
+from ofp_server.server import create_server
 
 from .client import RpcFailedError, get_features
 from .database import resolve_dsn
 from .errors import EXIT_FAILED, EXIT_OK, CliError
 from .sample_stream import SAMPLE_PINS, write_sample_bus
-from .workloads import Projector, create_server, file_bus
 
 SCAN_LINES_PER_PARTITION = 20_000
 CATCH_UP_POLL_S = 0.1

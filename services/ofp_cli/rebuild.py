@@ -20,9 +20,9 @@ import asyncpg
 from ofp.config import Settings
 from ofp.policy import Policy
 from ofp.store.db import create_pool
+from ofp_projector.projector import Projector, Totals
 
 from .errors import CliError
-from .workloads import Projector, Totals
 
 PROGRESS_INTERVAL_S = 0.5
 Progress = Callable[[int, float], None]

@@ -114,6 +114,10 @@ class FileBus:
     async def discover(self) -> list[PartitionInfo]:
         return [PartitionInfo(p) for p in list_partitions(self.root, self.stream)]
 
+    def is_retryable(self, exc: BaseException) -> bool:
+        # A file system that fails for a moment (a network mount) is worth a retry.
+        return isinstance(exc, OSError | TimeoutError)
+
     def open(self, partition: int, checkpoint: int) -> FileSource:
         return FileSource(PartitionReader(partition_path(self.root, self.stream, partition),
                                           checkpoint))

@@ -58,7 +58,6 @@ loss is reported, never hidden.
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -72,6 +71,7 @@ from botocore.exceptions import ClientError, HTTPClientError  # type: ignore[imp
 
 from ofp.logs import get_logger
 
+from . import retry
 from .bus import Batch, PartitionInfo
 
 OFFSET_KIND = "kinesis_sequence"
@@ -117,7 +117,8 @@ def error_kind(exc: BaseException) -> str | None:
 
 
 def backoff_s(attempt: int) -> float:
-    return float(min(MAX_BACKOFF_S, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
+    """The projector's backoff, from a tenth of a second: a bus call is dearer to repeat."""
+    return retry.backoff_s(attempt, base_s=0.1, cap_s=MAX_BACKOFF_S)
 
 
 def error_code(exc: BaseException) -> str | None:
@@ -222,6 +223,9 @@ class KinesisBus:
 
     def open(self, partition: int, checkpoint: int) -> ShardReader:
         return ShardReader(self, partition, checkpoint)
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return error_kind(exc) is not None
 
     async def is_listed(self, partition: int) -> bool:
         """Whether ListShards still lists the shard; a missing stream raises (as ListShards)."""

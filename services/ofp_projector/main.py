@@ -1,6 +1,6 @@
 """`ofp-projector [--config FILE] [--once]`: consume the bus into feature state.
 
-With `metrics_port` set it serves /metrics, /healthz and /readyz (observability.py).
+With `metrics_port` set it serves /metrics, /healthz and /readyz (metrics.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ofp.policy import PolicyError, load_policy
 from ofp.store.db import create_pool, embedded_dsn
 from ofp.store.writes import PolicyConflictError
 
-from .observability import ProjectorMetrics, start_http
+from .metrics import ProjectorMetrics, start_http
 from .projector import Projector
 
 _log = get_logger("ofp.projector")

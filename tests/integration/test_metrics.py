@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ofp.api.v1 import feature_service_pb2 as pb
 from ofp.metrics_http import serve_metrics
-from ofp_projector.observability import ProjectorMetrics, start_http
+from ofp_projector.metrics import ProjectorMetrics, start_http
 from tests.support.harness import project_once, request_proto, running_server
 from tests.support.streams import generate, one_key_request
 

@@ -1,4 +1,4 @@
-"""Projector observability: Prometheus metrics and the /metrics, /healthz, /readyz endpoint.
+"""Projector metrics: Prometheus metrics and the /metrics, /healthz, /readyz endpoint.
 
 The projector calls `ProjectorMetrics` from its loop; `start_http` serves them on
 `metrics_port`. One CollectorRegistry per instance (tests run several projectors in one

@@ -1,0 +1,321 @@
+"""One partition run: read ahead, classify, apply with retry, record lag.
+
+A `PartitionWorker` consumes one partition under one lease, from a checkpoint,
+until it is stopped, drained (--once), closed (SHARD_END) or fenced out; its
+`run()` says which (`RunEnd`). The lease coordinator (`projector.Projector`)
+starts one per lease it takes and never shares its state with another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from ofp.config import Settings
+from ofp.events import Outcome, Quarantined, QuarantineReason, classify
+from ofp.logs import get_logger
+from ofp.model import Pins
+from ofp.policy import Policy
+from ofp.store.leases import Lease
+from ofp.store.partitions import record_lag
+from ofp.store.writes import (
+    BatchResult,
+    CheckpointConflictError,
+    Fence,
+    LeaseLostError,
+    Record,
+    apply_batch,
+    find_store_refusals,
+    read_checkpoints,
+    refused_by_store,
+)
+
+from .bus import Batch, Bus, PartitionSource
+from .metrics import ProjectorMetrics
+from .retry import StoreRetrier
+
+_log = get_logger("ofp.projector")
+# Records classified between two yields to the event loop (about 3 ms of CPU).
+CLASSIFY_SLICE = 250
+LAG_RECORD_INTERVAL_S = 1.0
+
+
+class RunEnd(enum.Enum):
+    """How a partition run ended."""
+
+    DRAINED = "drained"  # --once: caught up with the bus
+    CLOSED = "closed"  # SHARD_END applied: nothing follows, the lease is of no use
+    LOST = "lost"  # fenced out at commit: another replica holds the partition now
+    STOPPED = "stopped"  # asked to stop
+
+
+class BatchEnd(enum.Enum):
+    """How applying one batch ended."""
+
+    COMMITTED = "committed"
+    CONFLICT = "conflict"  # the checkpoint moved elsewhere: re-read from the store's
+    LOST = "lost"
+
+
+@dataclass
+class Totals:
+    records: int = 0
+    batches: int = 0
+    by_outcome: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+    leases_acquired: int = 0
+    leases_lost: int = 0
+    leases_released: int = 0
+
+
+@dataclass
+class WorkerContext:
+    """What every partition run of one projector shares."""
+
+    settings: Settings
+    policy: Policy
+    bus: Bus
+    owner: str
+    store: StoreRetrier
+    metrics: ProjectorMetrics
+    totals: Totals
+    stopping: asyncio.Event  # the whole projector is stopping
+    group_ids: list[int] = field(default_factory=list)
+    scopes: dict[Pins, int] = field(default_factory=dict)  # run scope ids, grown by commits
+
+    @property
+    def stream(self) -> str:
+        return self.bus.stream
+
+
+class PartitionWorker:
+    """Consumes one partition under `lease` from `checkpoint`."""
+
+    def __init__(self, ctx: WorkerContext, lease: Lease, checkpoint: int, *, once: bool) -> None:
+        self.ctx = ctx
+        self.lease = lease
+        self.partition = lease.partition
+        self.checkpoint = checkpoint
+        self.once = once
+        self.stop = asyncio.Event()
+        self._fence = Fence(ctx.owner, lease.token)
+        self._high: int | None = None  # largest valid event time this run applied
+        self._next_lag_at = 0.0
+
+    async def run(self) -> RunEnd:
+        ctx, p = self.ctx, self.partition
+        source = ctx.bus.open(p, self.checkpoint)
+        # The next batch is read and classified while this one is applied, so
+        # the CPU work and the database round trips of a partition overlap.
+        ahead: asyncio.Future[tuple[Batch, list[Record]]] | None = None
+        try:
+            while not self.stop.is_set() and not ctx.stopping.is_set():
+                if ahead is not None:
+                    batch, records = await ahead
+                    ahead = None
+                else:
+                    batch, records = await self._read(source)
+                await self._observe(batch)
+                if batch.records or batch.closes:
+                    if not batch.closes:  # nothing follows SHARD_END
+                        ahead = asyncio.ensure_future(self._read(source))
+                    end = await self._apply(batch, records)
+                    if end is BatchEnd.LOST:
+                        return RunEnd.LOST
+                    if end is BatchEnd.CONFLICT:
+                        await _discard(ahead)
+                        ahead = None
+                        await source.close()
+                        self.checkpoint = await self._stored_checkpoint()
+                        source = ctx.bus.open(p, self.checkpoint)
+                        continue
+                    self.checkpoint = batch.next_offset
+                    if batch.closes:
+                        _log.info("partition_closed", stream=ctx.stream, partition=p,
+                                  next_offset=self.checkpoint)
+                        if batch.left_retention:  # records past the checkpoint lost upstream
+                            ctx.metrics.partition_left_retention(p)
+                        return RunEnd.CLOSED
+                    continue
+                if self.once and batch.at_end:
+                    return RunEnd.DRAINED
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), timeout=ctx.bus.idle_s)
+            return RunEnd.STOPPED
+        finally:
+            await _discard(ahead)
+            await source.close()
+
+    async def _read(self, source: PartitionSource) -> tuple[Batch, list[Record]]:
+        batch = await source.read(self.ctx.settings.batch_size)
+        return batch, await self._classify(batch)
+
+    async def _observe(self, batch: Batch) -> None:
+        """Lag and watermark-age metrics; the bus's lag to the store at most once a second."""
+        ctx, high = self.ctx, self._high
+        ctx.metrics.partition_observed(
+            partition=self.partition,
+            lag_records=None,
+            lag_ms=batch.lag_ms,
+            watermark_age_s=None if high is None else (time.time_ns() // 1000 - high) / 1e6,
+        )
+        if batch.lag_ms is not None and time.monotonic() >= self._next_lag_at:
+            self._next_lag_at = time.monotonic() + LAG_RECORD_INTERVAL_S
+            await ctx.store.run("record_lag", partial(
+                record_lag, stream=ctx.stream, partition=self.partition,
+                token=self.lease.token, lag_ms=batch.lag_ms))
+
+    async def _stored_checkpoint(self) -> int:
+        checkpoints = await self.ctx.store.run(
+            "read_checkpoints", partial(read_checkpoints, stream=self.ctx.stream)
+        )
+        return checkpoints.get(self.partition, 0)
+
+    async def _classify(self, batch: Batch) -> list[Record]:
+        """Classify a batch, yielding to the event loop between slices.
+
+        Classification is pure CPU (tens of milliseconds for a batch); done in
+        one go it would hold up the database round trips of the other
+        partitions' batches, and their apply transactions would stretch by as
+        much. In slices, those round trips are served in between.
+        """
+        policy, run_id = self.ctx.policy, self.ctx.settings.required_platform_run_id
+        records: list[Record] = []
+        pending = batch.records
+        for start in range(0, len(pending), CLASSIFY_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            records.extend(
+                Record(off, raw, classify(raw, policy, run_id))
+                for off, raw in pending[start:start + CLASSIFY_SLICE]
+            )
+        return records
+
+    async def _apply(self, batch: Batch, records: list[Record]) -> BatchEnd:
+        """Apply one batch in one transaction, retrying transient failures."""
+        ctx, p = self.ctx, self.partition
+        t0 = time.perf_counter()
+        try:
+            result = await self._apply_refusing_nothing(batch, records)
+        except CheckpointConflictError as exc:
+            _log.warning("batch_conflicted", stream=ctx.stream, partition=p, detail=str(exc))
+            return BatchEnd.CONFLICT
+        except LeaseLostError:
+            _log.warning("lease_lost", stream=ctx.stream, partition=p, owner=ctx.owner,
+                         token=self._fence.token, reason="fenced_at_commit")
+            return BatchEnd.LOST
+        self._account(batch, records, result, time.perf_counter() - t0)
+        return BatchEnd.COMMITTED
+
+    async def _apply_refusing_nothing(self, batch: Batch, records: list[Record]) -> BatchResult:
+        """apply_batch; when the database refuses the data itself, without those records.
+
+        No single record may stop a partition: the records the database refuses
+        are found, quarantined, and the rest of the batch is applied.
+        """
+        ctx = self.ctx
+        while True:
+            try:
+                return await ctx.store.run(
+                    "apply_batch",
+                    partial(
+                        apply_batch,
+                        stream=ctx.stream,
+                        partition=self.partition,
+                        start_offset=self.checkpoint,
+                        next_offset=batch.next_offset,
+                        records=records,
+                        group_ids=ctx.group_ids,
+                        scope_cache=ctx.scopes,
+                        fence=self._fence,
+                        closes_partition=batch.closes,
+                        max_future_us=ctx.settings.max_future_skew_s * 1_000_000,
+                    ),
+                )
+            except Exception as exc:
+                if not refused_by_store(exc):
+                    raise
+                records = await self._quarantine_refused(records, exc)
+
+    async def _quarantine_refused(self, records: list[Record], failure: Exception) -> list[Record]:
+        """`records` with every record the store refuses on its own made QUARANTINED.
+
+        A refusal that no single record reproduces is not the records' own
+        (a bug, or a broken database): the original failure is raised.
+        """
+        ctx = self.ctx
+        refusals = await ctx.store.run(
+            "find_store_refusals",
+            partial(find_store_refusals, records=records, group_ids=ctx.group_ids,
+                    scope_cache=ctx.scopes),
+        )
+        if not refusals:
+            raise failure
+        by_offset = {r.offset: r for r in refusals}
+        _log.warning("records_refused_by_store", stream=ctx.stream, partition=self.partition,
+                     offsets=[str(r.offset) for r in refusals],
+                     sqlstates=sorted({r.sqlstate for r in refusals}))
+        out = []
+        for rec in records:
+            refusal = by_offset.get(rec.offset)
+            if refusal is None:
+                out.append(rec)
+                continue
+            out.append(rec._replace(classified=Quarantined(
+                QuarantineReason.STORE_REFUSED,
+                f"the store refused the record: SQLSTATE {refusal.sqlstate}: {refusal.message}",
+                getattr(rec.classified, "event_id", None),
+            )))
+        return out
+
+    def _account(
+        self, batch: Batch, records: list[Record], result: BatchResult, duration_s: float
+    ) -> None:
+        """Totals, metrics and the batch's canonical log line."""
+        ctx, p = self.ctx, self.partition
+        ctx.totals.batches += 1
+        ctx.totals.records += len(records)
+        ctx.metrics.batch_applied(
+            partition=p,
+            outcomes={(str(o), str(r)): n for (o, r), n in result.outcomes.items()},
+            records=len(records),
+            duration_s=duration_s,
+        )
+        if result.max_event_us is not None:
+            self._high = max(self._high or result.max_event_us, result.max_event_us)
+        counts: Counter[str] = Counter()
+        for (outcome, _reason), n in result.outcomes.items():
+            counts[str(outcome)] += n
+            ctx.totals.by_outcome[str(outcome)] = ctx.totals.by_outcome.get(str(outcome), 0) + n
+        _log.info(
+            "batch_applied",
+            stream=ctx.stream,
+            partition=p,
+            owner=self._fence.owner,
+            token=self._fence.token,
+            start_offset=str(self.checkpoint),
+            next_offset=str(batch.next_offset),
+            records=len(records),
+            applied=counts[Outcome.APPLIED],
+            duplicate=counts[Outcome.DUPLICATE],
+            ignored=counts[Outcome.IGNORED],
+            quarantined=counts[Outcome.QUARANTINED],
+            closes_partition=batch.closes,
+            lag_ms=batch.lag_ms,
+            duration_ms=round(duration_s * 1000, 2),
+        )
+
+
+async def _discard(ahead: asyncio.Future[Any] | None) -> None:
+    """Cancel a read-ahead that will not be applied, and let it finish."""
+    if ahead is None:
+        return
+    ahead.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await ahead

@@ -239,18 +239,25 @@ class PolicyFacts:
     activated_us: int
 
 
+@dataclass(frozen=True, slots=True)
+class StatusFacts:
+    """What one status read saw (`ofp.store.status.read_status`), at `now_us`."""
+
+    stream: str | None  # None: no stream asked for and no active policy to name one
+    now_us: int
+    policy: PolicyFacts | None
+    partitions: tuple[PartitionFacts, ...]
+    counters: tuple[tuple[int, str, str, int], ...]  # (partition, outcome, reason, n)
+    quarantine_open: int
+
+
 def status_report(
-    *,
-    stream: str | None,
-    now_us: int,
-    policy: PolicyFacts | None,
-    partitions: Sequence[PartitionFacts],
-    counters: Iterable[tuple[int, str, str, int]],
-    quarantine_open: int,
-    thresholds: Thresholds,
-    request_id: str | None = None,
+    facts: StatusFacts, thresholds: Thresholds, *, request_id: str | None = None
 ) -> dict[str, Any]:
     """The status document: the JSON form of GetStatusResponse (and `ofp status --json`)."""
+    stream, now_us, policy = facts.stream, facts.now_us, facts.policy
+    partitions, counters, quarantine_open = (
+        facts.partitions, facts.counters, facts.quarantine_open)
     per_partition: dict[int, list[tuple[str, str, int]]] = {}
     for partition, outcome, reason, n in counters:
         per_partition.setdefault(partition, []).append((outcome, reason, n))

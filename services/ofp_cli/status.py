@@ -18,10 +18,10 @@ import json
 from typing import Any
 
 from ofp.config import Settings
-from ofp.health import Thresholds
+from ofp.health import Thresholds, status_report
 from ofp.policy import PolicyError, load_policy
 from ofp.store.db import schema_version
-from ofp.store.status import read_status, report
+from ofp.store.status import read_status
 
 from .client import ClientTLS, RpcFailedError, get_status
 from .database import connect, resolve_dsn
@@ -46,7 +46,7 @@ async def collect(settings: Settings, *, stream: str | None = None) -> dict[str,
             facts = await read_status(conn, stream=settings.bus_stream(topic))
     finally:
         await conn.close()
-    return report(
+    return status_report(
         facts,
         Thresholds.from_settings(settings),
     )

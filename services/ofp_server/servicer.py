@@ -36,7 +36,7 @@ from ofp.contracts.request import (
 )
 from ofp.contracts.response_proto import response_proto
 from ofp.contracts.timefmt import format_micros
-from ofp.health import Thresholds
+from ofp.health import Thresholds, status_report
 from ofp.logs import get_logger
 from ofp.model import SnapshotRow, pins_of
 from ofp.policy import Policy, policy_from_normalized
@@ -44,7 +44,7 @@ from ofp.snapshot import assemble_snapshot, plan_read
 from ofp.store.coalesce import CoalescingReader
 from ofp.store.db import is_transient
 from ofp.store.reads import active_groups, active_policy_content
-from ofp.store.status import read_status, report
+from ofp.store.status import read_status
 
 from .metrics import ServerMetrics
 
@@ -110,8 +110,8 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.GetFeaturesResponse:
         request_id = _echoable_request_id(request)
-        outcome = _Outcome()
-        with _rpc_scope("GetFeatures", request_id, context, outcome, self.metrics):
+        outcome = _RpcResult()
+        with _RpcScope("GetFeatures", request_id, context, outcome, self.metrics):
             if isinstance(request, UndecodableRequest):
                 await _abort(context, request.refusal, None, outcome)
             response = await self._guarded(
@@ -128,8 +128,8 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
     ) -> pb.GetStatusResponse:
         """Projection status and the health ladder (SPEC 4.6), from one database snapshot."""
         request_id = _echoable_request_id(request)
-        outcome = _Outcome()
-        with _rpc_scope("GetStatus", request_id, context, outcome, self.metrics):
+        outcome = _RpcResult()
+        with _RpcScope("GetStatus", request_id, context, outcome, self.metrics):
             if isinstance(request, UndecodableRequest):
                 await _abort(context, request.refusal, None, outcome)
             return await self._guarded(
@@ -141,7 +141,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         work: Awaitable[_T],
         context: grpc.aio.ServicerContext[Any, Any],
         request_id: str | None,
-        outcome: _Outcome,
+        outcome: _RpcResult,
     ) -> _T:
         """Run `work` under the server-side deadline; every failure becomes a gRPC status."""
         try:
@@ -177,7 +177,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         if stream is not None and not (0 < len(stream) <= 256 and unstorable_text(stream) is None):
             raise ContractError(ErrorCode.INVALID_REQUEST, "stream must be 1..256 characters")
         facts = await read_status(self.pool, stream=stream, bus_stream=self.settings.bus_stream)
-        doc = report(facts, self.thresholds, request_id=request_id)
+        doc = status_report(facts, self.thresholds, request_id=request_id)
         response = pb.GetStatusResponse()
         json_format.ParseDict(doc, response)
         return response
@@ -272,7 +272,7 @@ decode_request = request_decoder(pb.GetFeaturesRequest)
 decode_status_request = request_decoder(pb.GetStatusRequest)
 
 
-class _Outcome:
+class _RpcResult:
     """What an RPC ended with: the contract code (or OK / INTERNAL) and the gRPC code."""
 
     def __init__(self) -> None:
@@ -280,7 +280,7 @@ class _Outcome:
         self.grpc_code = grpc.StatusCode.OK.name
 
 
-class _rpc_scope:
+class _RpcScope:
     """Bind the request id for every log line of the RPC; log `rpc_finished`; count it.
 
     A class rather than a generator context manager: it wraps every RPC.
@@ -293,7 +293,7 @@ class _rpc_scope:
         method: str,
         request_id: str | None,
         context: grpc.aio.ServicerContext[Any, Any],
-        outcome: _Outcome,
+        outcome: _RpcResult,
         metrics: ServerMetrics,
     ) -> None:
         self._method = method
@@ -369,7 +369,7 @@ async def _abort(
     context: grpc.aio.ServicerContext[Any, Any],
     exc: ContractError,
     request_id: str | None,
-    outcome: _Outcome,
+    outcome: _RpcResult,
 ) -> NoReturn:
     """End the RPC with the contract error as rich details (google.rpc.Status)."""
     outcome.code, outcome.grpc_code = exc.code.value, exc.grpc_code.name

@@ -9,6 +9,7 @@ it to sit on an edge; otherwise it is the database clock of the same snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -48,15 +49,9 @@ def recent_events(n: int, *, ago_s: float, prefix: str) -> list[str]:
 
 
 def report(facts: Any, *, now_us: int | None = None, **thresholds: int) -> dict[str, Any]:
-    return status_report(
-        stream=facts.stream,
-        now_us=facts.now_us if now_us is None else now_us,
-        policy=facts.policy,
-        partitions=facts.partitions,
-        counters=facts.counters,
-        quarantine_open=facts.quarantine_open,
-        thresholds=Thresholds(**thresholds),
-    )
+    if now_us is not None:
+        facts = dataclasses.replace(facts, now_us=now_us)
+    return status_report(facts, Thresholds(**thresholds))
 
 
 def reasons(doc: dict[str, Any]) -> set[tuple[str, str]]:

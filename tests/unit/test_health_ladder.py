@@ -10,6 +10,7 @@ from ofp.health import (
     PartitionFacts,
     PolicyFacts,
     State,
+    StatusFacts,
     Thresholds,
     assess,
     checkpoint_age_us,
@@ -142,15 +143,17 @@ def test_report_counts_per_partition_and_totals_and_reads_like_the_contract() ->
     from ofp.contracts.schemas import first_error
 
     report = status_report(
-        stream="t",
-        now_us=NOW,
-        policy=PolicyFacts("ofp.features.v0", "r1", "a" * 64, NOW - 60 * S),
-        partitions=[part(0), part(1, event_ago_s=130, lag_records=7, lag_observed_us=NOW)],
-        counters=[(0, "APPLIED", "", 5), (0, "QUARANTINED", "unparseable", 2),
-                  (1, "IGNORED", "foreign_run", 3), (1, "QUARANTINED", "unparseable", 1),
-                  (9, "APPLIED", "", 4)],  # a partition without a checkpoint row: totals only
-        quarantine_open=3,
-        thresholds=DEFAULT,
+        StatusFacts(
+            stream="t",
+            now_us=NOW,
+            policy=PolicyFacts("ofp.features.v0", "r1", "a" * 64, NOW - 60 * S),
+            partitions=(part(0), part(1, event_ago_s=130, lag_records=7, lag_observed_us=NOW)),
+            counters=((0, "APPLIED", "", 5), (0, "QUARANTINED", "unparseable", 2),
+                      (1, "IGNORED", "foreign_run", 3), (1, "QUARANTINED", "unparseable", 1),
+                      (9, "APPLIED", "", 4)),  # a partition without a checkpoint row: totals only
+            quarantine_open=3,
+        ),
+        DEFAULT,
         request_id="r-1",
     )
     assert first_error("get_status_response.schema.yaml", report) is None

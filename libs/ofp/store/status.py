@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-from ofp.health import PartitionFacts, PolicyFacts, Thresholds, status_report
+from ofp.health import PartitionFacts, PolicyFacts, StatusFacts
 
 _US = "(extract(epoch FROM {col}) * 1000000)::bigint"
 
@@ -55,16 +54,6 @@ ACTIVE_TOPIC_SQL = (
     "SELECT p.content->>'source_topic' FROM active_policy a JOIN policies p"
     " USING (policy_id, revision)"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class StatusFacts:
-    stream: str | None  # None: no stream asked for and no active policy to name one
-    now_us: int
-    policy: PolicyFacts | None
-    partitions: tuple[PartitionFacts, ...]
-    counters: tuple[tuple[int, str, str, int], ...]
-    quarantine_open: int
 
 
 def _int(value: Any) -> int | None:
@@ -123,20 +112,3 @@ async def read_status(
         counters=counters,
         quarantine_open=int(row["quarantine_open"]),
     )
-
-
-def report(
-    facts: StatusFacts, thresholds: Thresholds, *, request_id: str | None = None
-) -> dict[str, Any]:
-    """The status document (GetStatusResponse JSON form) for what one read returned."""
-    return status_report(
-        stream=facts.stream,
-        now_us=facts.now_us,
-        policy=facts.policy,
-        partitions=facts.partitions,
-        counters=facts.counters,
-        quarantine_open=facts.quarantine_open,
-        thresholds=thresholds,
-        request_id=request_id,
-    )
-

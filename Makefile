@@ -31,7 +31,7 @@ lint: install
 	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: install
-	$(VENV)/bin/mypy libs services tools bench
+	$(VENV)/bin/mypy libs services tools bench tests
 
 unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

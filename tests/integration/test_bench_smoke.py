@@ -68,18 +68,20 @@ def test_open_loop_spreads_its_connections_into_one_request_every_period(
     body.write_bytes(workload.grpc_frame(b""))
     try:
         asyncio.run(scenarios.wait_ok(port, [1], echo, expect_keys=False, timeout_s=30))
-        kwargs = {"rate": 200.0, "clients": 4, "duration_s": 2.0, "warmup_s": 0.5}
         url = f"http://127.0.0.1:{port}/ofp.v1.FeatureService/GetFeatures"
-        spread = h2load.open_loop(url, body, log_path=tmp_path / "a.tsv", **kwargs)
-        together = h2load.open_loop(url, body, log_path=tmp_path / "b.tsv", phase="together",
-                                    **kwargs)
+        spread, together = (
+            h2load.open_loop(url, body, rate=200.0, clients=4, duration_s=2.0, warmup_s=0.5,
+                             log_path=tmp_path / name, phase=phase)
+            for name, phase in (("a.tsv", "spread"), ("b.tsv", "together"))
+        )
     finally:
         echo.stop()
     for run in (spread, together):
         assert run.non_200 == 0
-        assert 150 <= run.achieved_rps <= 250, run
+        # Wide bounds: this checks the shape h2load was asked for, not the machine's speed.
+        assert 100 <= run.achieved_rps <= 300, run
     # One send every 5 ms, against bursts of 4 sends at one instant every 20 ms.
-    assert 3.0 <= spread.median_gap_ms <= 7.0, spread
-    assert together.median_gap_ms < 0.5, together
+    assert 2.5 <= spread.median_gap_ms <= 10.0, spread
+    assert together.median_gap_ms < 1.0, together
     assert "--rate-period 5ms" in spread.command and "-D" not in spread.command.split()
 

@@ -30,11 +30,12 @@ from ofp.contracts.schemas import (
     first_error,
     format_path,
 )
+from ofp.contracts.timefmt import format_micros
 from ofp_server.server import create_server
 from tests.support.harness import get_features, project_once, request_proto, running_server
 from tests.support.harness import settings as make_settings
 from tests.support.rich_errors import RichError, assert_clean_text, rich_error
-from tests.support.streams import BASE_US, HOUR_US, TOPIC, format_micros, generate, pins
+from tests.support.streams import BASE_US, HOUR_US, TOPIC, generate, pins
 from tests.unit.test_request_validation import (
     REMOVE,
     apply,
@@ -346,7 +347,7 @@ def _field_bytes(number: int, *, length_delimited: bool) -> bytes:
 
 def _message_at(msg: Message, path: tuple[str | int, ...]) -> Message:
     for part in path:
-        msg = msg[part] if isinstance(part, int) else getattr(msg, part)  # type: ignore[index]
+        msg = msg[part] if isinstance(part, int) else getattr(msg, part)
     return msg
 
 

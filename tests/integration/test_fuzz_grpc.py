@@ -31,9 +31,10 @@ from ofp.config import Settings
 from ofp.contracts.errors import GRPC_CODE, ErrorCode
 from ofp.contracts.hashing import normalize_json_snapshot, verify_response
 from ofp.contracts.schemas import GET_FEATURES_ERROR, GET_FEATURES_RESPONSE, first_error
+from ofp.contracts.timefmt import format_micros
 from tests.support.harness import get_features, project_once, response_json, running_server
 from tests.support.rich_errors import assert_clean_text, rich_error
-from tests.support.streams import BASE_US, HOUR_US, format_micros, generate, pins
+from tests.support.streams import BASE_US, HOUR_US, generate, pins
 
 pytestmark = pytest.mark.integration
 
@@ -78,10 +79,10 @@ class Fuzzed:
                 key.key_type = key_type
             if key_id is not None:
                 key.key_id = key_id
-        for name, version in self.groups:
+        for group_name, version in self.groups:
             group = msg.feature_groups.add()
-            if name is not None:
-                group.name = name
+            if group_name is not None:
+                group.name = group_name
             if version is not None:
                 group.version = version
         if self.mode is not None:

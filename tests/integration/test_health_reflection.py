@@ -35,10 +35,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from ofp.contracts.hashing import normalize_json_snapshot, verify_response
 from ofp.contracts.schemas import GET_FEATURES_RESPONSE, first_error
+from ofp.contracts.timefmt import format_micros
 from ofp_server.server import FeatureServer, create_server
 from tests.support.harness import project_once, running_server
 from tests.support.harness import settings as make_settings
-from tests.support.streams import BASE_US, HOUR_US, format_micros, generate, pins
+from tests.support.streams import BASE_US, HOUR_US, generate, pins
 
 pytestmark = pytest.mark.integration
 

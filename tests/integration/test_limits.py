@@ -74,7 +74,7 @@ async def test_servers_share_one_port_only_when_grpc_reuseport_is_set(
         # forty fresh connections all landing on one server has odds 2**-39.
         for i in range(40):
             async with grpc.aio.insecure_channel(address) as channel:
-                stub = pb_grpc.FeatureServiceStub(channel)  # type: ignore[no-untyped-call]
+                stub = pb_grpc.FeatureServiceStub(channel)
                 resp = await stub.GetFeatures(request_proto(request(request_id=f"r-{i}")),
                                               timeout=10)
                 answers.append(resp.snapshot.snapshot_hash)

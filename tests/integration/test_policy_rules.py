@@ -123,9 +123,8 @@ async def test_one_database_serves_one_stream(pool: asyncpg.Pool, bus_root: Path
     other = dataclasses.replace(default_policy(), source_topic="another.topic")
     with pytest.raises(StreamMismatchError, match="serves stream"):
         await project_once(pool, bus_root, policy=other)
-    assert await pool.fetch("SELECT DISTINCT stream FROM checkpoints") == [
-        ("fp.bus.traffic.fraud.v1",)
-    ]
+    streams = [r["stream"] for r in await pool.fetch("SELECT DISTINCT stream FROM checkpoints")]
+    assert streams == ["fp.bus.traffic.fraud.v1"]
 
 
 async def test_an_answer_is_assembled_with_the_revision_it_was_planned_with(

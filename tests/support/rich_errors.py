@@ -66,9 +66,9 @@ def parse_rich_error(
 def rich_error(exc: grpc.RpcError) -> RichError:
     """The rich error of a failed call (aio `AioRpcError` or a sync `grpc.Call` error)."""
     return parse_rich_error(
-        exc.code(),  # type: ignore[attr-defined]
-        exc.details(),  # type: ignore[attr-defined]
-        exc.trailing_metadata(),  # type: ignore[attr-defined]
+        exc.code(),
+        exc.details(),
+        exc.trailing_metadata(),
     )
 
 

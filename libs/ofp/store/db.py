@@ -12,12 +12,16 @@ import asyncio
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# What store functions take: a connection, or a pool's proxy for one (what
+# `pool.acquire()` yields); both have every method the store calls.
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 _TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 _log = logging.getLogger("ofp.store")
 
@@ -106,7 +110,7 @@ def migration_files() -> list[tuple[int, str, Path]]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: Conn) -> list[str]:
     """Apply pending migrations in order, once, under an advisory lock."""
     applied_now: list[str] = []
     async with conn.transaction():
@@ -128,7 +132,7 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     return applied_now
 
 
-async def schema_version(conn: asyncpg.Connection) -> int | None:
+async def schema_version(conn: Conn) -> int | None:
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     if not exists:
         return None

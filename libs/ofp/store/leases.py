@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import asyncpg
+from ofp.store.db import Conn
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,7 @@ class LeaseManager:
         self.owner = owner
         self.ttl_s = ttl_s
 
-    async def heartbeat(self, conn: asyncpg.Connection) -> Membership:
+    async def heartbeat(self, conn: Conn) -> Membership:
         """Announce this replica as live and count the live replicas and their leases."""
         await conn.execute(
             "INSERT INTO projector_members (stream, owner, expires_at)"
@@ -84,7 +84,7 @@ class LeaseManager:
         )
         return Membership(len(rows), {r["owner"]: int(r["held"]) for r in rows})
 
-    async def leave(self, conn: asyncpg.Connection) -> None:
+    async def leave(self, conn: Conn) -> None:
         await conn.execute(
             "DELETE FROM projector_members WHERE stream = $1 AND owner = $2",
             self.stream,
@@ -92,7 +92,7 @@ class LeaseManager:
         )
 
     async def acquire(
-        self, conn: asyncpg.Connection, partitions: list[int], limit: int
+        self, conn: Conn, partitions: list[int], limit: int
     ) -> list[Lease]:
         """Take up to `limit` of `partitions` that are free or expired; new token for each.
 
@@ -140,7 +140,7 @@ class LeaseManager:
         got = [Lease(int(r["partition"]), int(r["token"])) for r in rows]
         return sorted(got, key=lambda x: x.partition)
 
-    async def renew(self, conn: asyncpg.Connection, leases: list[Lease]) -> list[Lease]:
+    async def renew(self, conn: Conn, leases: list[Lease]) -> list[Lease]:
         """Extend the leases whose token is unchanged; return the ones that are lost."""
         if not leases:
             return []
@@ -158,7 +158,7 @@ class LeaseManager:
         kept = {int(r["partition"]) for r in rows}
         return [x for x in leases if x.partition not in kept]
 
-    async def release(self, conn: asyncpg.Connection, leases: list[Lease]) -> None:
+    async def release(self, conn: Conn, leases: list[Lease]) -> None:
         """Give leases back at once (graceful stop, rebalancing, a closed shard)."""
         if not leases:
             return

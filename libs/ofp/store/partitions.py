@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import asyncpg
+from ofp.store.db import Conn
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +22,7 @@ class PartitionState:
 
 
 async def record_partitions(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     stream: str,
     offset_kind: str,
@@ -45,7 +45,7 @@ async def record_partitions(
     )
 
 
-async def read_partition_states(conn: asyncpg.Connection, stream: str) -> dict[int, PartitionState]:
+async def read_partition_states(conn: Conn, stream: str) -> dict[int, PartitionState]:
     rows = await conn.fetch(
         "SELECT partition, next_offset, closed, parents FROM checkpoints WHERE stream = $1",
         stream,
@@ -86,7 +86,7 @@ def workable(states: dict[int, PartitionState], listed: set[int]) -> list[int]:
 
 
 async def record_lag(
-    conn: asyncpg.Connection, *, stream: str, partition: int, token: int, lag_ms: int
+    conn: Conn, *, stream: str, partition: int, token: int, lag_ms: int
 ) -> None:
     """How far behind the bus the reader of `partition` is (only under the current lease)."""
     await conn.execute(

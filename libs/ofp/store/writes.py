@@ -28,6 +28,7 @@ from ofp.events import (
 )
 from ofp.model import Pins
 from ofp.policy import FeatureGroup, Policy
+from ofp.store.db import Conn
 from ofp.store.reads import WATERMARK_EXPR
 from ofp.windows import TILE_US
 
@@ -69,7 +70,7 @@ class BatchResult:
 
 
 async def record_policy(
-    conn: asyncpg.Connection, policy: Policy, required_platform_run_id: str | None
+    conn: Conn, policy: Policy, required_platform_run_id: str | None
 ) -> list[int]:
     """Record `policy` as the active revision; return group ids aligned with policy.groups.
 
@@ -128,7 +129,7 @@ class PolicyConflictError(ValueError):
     """The policy contradicts what the database recorded; the message names the field."""
 
 
-async def _record_group(conn: asyncpg.Connection, g: FeatureGroup) -> int:
+async def _record_group(conn: Conn, g: FeatureGroup) -> int:
     """The group's id; a (name, version) recorded with another meaning is refused.
 
     Stored rows and served values mean what the group's definition says, so a
@@ -185,7 +186,7 @@ def group_definition(g: FeatureGroup) -> dict[str, Any]:
 
 
 async def ensure_partitions(
-    conn: asyncpg.Connection, *, stream: str, offset_kind: str, partitions: list[int]
+    conn: Conn, *, stream: str, offset_kind: str, partitions: list[int]
 ) -> None:
     """Give every known partition a checkpoint row (offset 0) so it is part of the basis."""
     await conn.execute(
@@ -198,7 +199,7 @@ async def ensure_partitions(
     )
 
 
-async def read_checkpoints(conn: asyncpg.Connection, stream: str) -> dict[int, int]:
+async def read_checkpoints(conn: Conn, stream: str) -> dict[int, int]:
     rows = await conn.fetch(
         "SELECT partition, next_offset FROM checkpoints WHERE stream = $1", stream
     )
@@ -206,7 +207,7 @@ async def read_checkpoints(conn: asyncpg.Connection, stream: str) -> dict[int, i
 
 
 async def resolve_scopes(
-    conn: asyncpg.Connection, pins: set[Pins], known: dict[Pins, int]
+    conn: Conn, pins: set[Pins], known: dict[Pins, int]
 ) -> dict[Pins, int]:
     """Scope ids for `pins`, creating the scopes that do not exist yet (inside the caller's tx)."""
     missing = sorted(p for p in pins if p not in known)
@@ -263,7 +264,7 @@ def retention_lock_key(stream: str) -> str:
 
 
 async def apply_batch(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     stream: str,
     partition: int,
@@ -356,7 +357,7 @@ async def apply_batch(
 
 
 async def _fence_and_move_checkpoint(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     stream: str,
     partition: int,
@@ -428,7 +429,7 @@ class _Settled:
 
 
 async def _settle_and_store(
-    conn: asyncpg.Connection,
+    conn: Conn,
     candidates: list[tuple[Record, Candidate]],
     scopes: dict[Pins, int],
     group_ids: list[int],
@@ -496,7 +497,7 @@ async def _settle_and_store(
 
 
 async def _stage(
-    conn: asyncpg.Connection, events: dict[tuple[int, str], Candidate], group_ids: list[int]
+    conn: Conn, events: dict[tuple[int, str], Candidate], group_ids: list[int]
 ) -> None:
     """Copy `events` into the batch's staging table.
 
@@ -521,7 +522,7 @@ async def _stage(
 
 
 async def _insert_quarantine(
-    conn: asyncpg.Connection, stream: str, partition: int,
+    conn: Conn, stream: str, partition: int,
     quarantined: list[tuple[Record, Quarantined]],
 ) -> None:
     quarantined.sort(key=lambda x: x[0].offset)
@@ -538,7 +539,7 @@ async def _insert_quarantine(
 
 
 async def _add_counters(
-    conn: asyncpg.Connection, stream: str, partition: int,
+    conn: Conn, stream: str, partition: int,
     outcomes: Counter[tuple[str, str]],
 ) -> None:
     if not outcomes:
@@ -558,7 +559,7 @@ async def _add_counters(
 
 
 async def find_store_refusals(
-    conn: asyncpg.Connection,
+    conn: Conn,
     records: list[Record],
     group_ids: list[int],
     scope_cache: dict[Pins, int],
@@ -582,7 +583,7 @@ async def find_store_refusals(
 
 
 async def _bisect(
-    conn: asyncpg.Connection,
+    conn: Conn,
     candidates: list[tuple[Record, Candidate]],
     group_ids: list[int],
     scopes: dict[Pins, int],
@@ -612,7 +613,7 @@ async def _bisect(
 
 
 async def _probe_store(
-    conn: asyncpg.Connection,
+    conn: Conn,
     candidates: list[tuple[Record, Candidate]],
     group_ids: list[int],
     scopes: dict[Pins, int],
@@ -694,7 +695,7 @@ _INSERT_STATE = (
 
 
 async def prune_retention(
-    conn: asyncpg.Connection, *, stream: str, horizon_us: int
+    conn: Conn, *, stream: str, horizon_us: int
 ) -> int | None:
     """Remove state at or below `min(watermark, database clock) - horizon`; return the
     new floor, or None.
@@ -750,7 +751,7 @@ class StreamMismatchError(PolicyConflictError):
     """The database already serves another stream; one database serves one stream."""
 
 
-async def claim_stream(conn: asyncpg.Connection, stream: str) -> None:
+async def claim_stream(conn: Conn, stream: str) -> None:
     """Record `stream` as the database's stream, or refuse if it serves another.
 
     Feature state, dedupe rows and retention deletes carry no stream: two
@@ -765,7 +766,7 @@ async def claim_stream(conn: asyncpg.Connection, stream: str) -> None:
         await check_stream(conn, stream)
 
 
-async def check_stream(conn: asyncpg.Connection, stream: str) -> None:
+async def check_stream(conn: Conn, stream: str) -> None:
     served = await conn.fetchval("SELECT stream FROM bus_stream")
     if served is not None and served != stream:
         raise StreamMismatchError(

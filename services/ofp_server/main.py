@@ -36,7 +36,7 @@ async def serve(settings: Settings) -> None:
         # Everything alive now (modules, descriptors, the server) lives as long
         # as the process: out of the collector's sight, a full collection walks
         # only what requests allocate; its 12-19 ms pauses fell under 0.3 ms
-        # (docs/performance.md, round 5).
+        # (docs/changelog.md, round 5).
         gc.collect()
         gc.freeze()
         if settings.metrics_port is not None:

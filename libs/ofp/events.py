@@ -21,6 +21,7 @@ from ofp.contracts.canonical import decimal_text, orjson_canonical
 from ofp.contracts.request import PIN_NAMES, storable_text, unstorable_text
 from ofp.contracts.schemas import ENVELOPE, envelope_errors, validator
 from ofp.contracts.timefmt import parse_micros
+from ofp.features import Feature, field_value, is_absent, numeric_value, value_text
 from ofp.model import Pins
 from ofp.policy import FeatureGroup, Policy
 
@@ -58,6 +59,8 @@ class QuarantineReason(enum.StrEnum):
     UNKNOWN_SCHEMA_MAJOR = "unknown_schema_major"
     AMOUNT_INVALID = "amount_invalid"
     KEY_INVALID = "key_invalid"
+    # A v1 feature's field holds a value its kind cannot use (docs/features.md).
+    VALUE_INVALID = "value_invalid"
     PAYLOAD_CONFLICT = "payload_conflict"
     # Decided by the apply transaction, against the database clock.
     TS_IN_FUTURE = "ts_in_future"
@@ -80,7 +83,10 @@ class IgnoreReason(enum.StrEnum):
 class Contribution(NamedTuple):
     group_index: int  # index into Policy.groups
     key_id: str
-    amount: Decimal
+    amount: Decimal  # v0 groups
+    # v1 groups (docs/features.md): (feature, exact number text, value text) per
+    # feature the event contributes to; feature 0 is the group's presence.
+    values: tuple[tuple[int, str | None, str | None], ...] | None = None
 
 
 class Candidate(NamedTuple):
@@ -334,6 +340,12 @@ def classify(raw: bytes, policy: Policy, required_platform_run_id: str | None) -
             return Quarantined(
                 QuarantineReason.KEY_INVALID, f"payload.{group.key_type}: {exc}", event_id
             )
+        if group.features is not None:
+            values = feature_values(group.features, payload, event_type)
+            if isinstance(values, Quarantined):
+                return Quarantined(values.reason, values.detail, event_id)
+            contributions.append(Contribution(i, key_id, Decimal(0), values))
+            continue
         raw_amount = payload.get(group.amount_field)
         try:
             amount = Decimal(0) if raw_amount is None else parse_amount(raw_amount)
@@ -354,6 +366,34 @@ def classify(raw: bytes, policy: Policy, required_platform_run_id: str | None) -
         int(env["seed"]),
     )
     return Candidate(pins, env["event_id"], payload_hash(env), ts_us, tuple(contributions))
+
+
+def feature_values(
+    features: tuple[Feature, ...], payload: dict[str, Any], event_type: str
+) -> tuple[tuple[int, str | None, str | None], ...] | Quarantined:
+    """What an event contributes to each feature of a v1 group (feature 0: presence)."""
+    out: list[tuple[int, str | None, str | None]] = [(0, None, None)]
+    for j, f in enumerate(features, 1):
+        if f.where is not None and not f.where.matches(payload, event_type):
+            continue
+        if f.field is None:
+            out.append((j, None, None))
+            continue
+        raw = field_value(payload, f.field)
+        if is_absent(raw):
+            continue
+        try:
+            if f.numeric:
+                out.append((j, str(numeric_value(raw)), None))
+            elif f.keeps_value:
+                out.append((j, None, value_text(raw)))
+            else:
+                out.append((j, None, None))
+        except ValueError as exc:
+            return Quarantined(
+                QuarantineReason.VALUE_INVALID, f"payload.{f.field} ({f.name}): {exc}"
+            )
+    return tuple(out)
 
 
 def _consuming(policy: Policy, event_type: str) -> tuple[tuple[int, FeatureGroup], ...]:

@@ -6,15 +6,17 @@ domain never imports the store.
 
     Pins         the six ContextPins of a run scope, in one tuple spelling
     ReadProbes   what one snapshot read sums (the read statement's layout)
+    FeatureProbe one v1 feature window of one key
     SnapshotRow  what the read statement returns for one request
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ofp.windows import WindowProbe
+from ofp.features import Intermediate
+from ofp.windows import FeatureWindowProbe, WindowProbe
 
 # (platform_run_id, scenario_run_id, scenario_id, manifest_fingerprint,
 #  parameter_hash, seed): a run scope's identity, the key of `run_scopes`.
@@ -48,6 +50,20 @@ class ReadProbes:
     group_windows: list[tuple[int, int]]
     last_from: list[tuple[int, int]]
     as_of_us: int
+    # v1 feature groups (docs/features.md): one probe per (cell, feature, window).
+    feature_probes: list[FeatureProbe] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureProbe:
+    """One v1 feature's window for one key: what the store folds into an Intermediate."""
+
+    group_id: int
+    key_id: str
+    feature: int  # 0: the group's presence; 1..n: its features in policy order
+    window: FeatureWindowProbe
+    need_first: bool
+    need_last: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +80,5 @@ class SnapshotRow:
     # (cell, window) -> (count, canonical decimal text of the sum)
     values: dict[tuple[int, int], tuple[int, str]]
     lasts: dict[int, int | None]  # cell -> last ts_us within its group's longest window
+    # v1 features: index into ReadProbes.feature_probes -> the window's intermediates
+    feature_values: dict[int, Intermediate] = field(default_factory=dict)

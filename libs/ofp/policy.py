@@ -15,6 +15,13 @@ from typing import Any
 import yaml
 
 from ofp.contracts.canonical import digest
+from ofp.features import (
+    Feature,
+    FeatureError,
+    features_from_normalized,
+    parse_features,
+    window_text,
+)
 
 DEFAULT_WINDOWS: tuple[tuple[str, int], ...] = (("1h", 3600), ("24h", 86400), ("7d", 604800))
 # The decision loop's own outputs travel on the same topic but are not traffic;
@@ -28,6 +35,7 @@ _DURATION = re.compile(r"^([0-9]+)(s|m|h|d)$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _GROUP_KEYS = {
     "name", "version", "key_type", "amount_field", "windows", "event_types", "exclude_event_types",
+    "features",
 }
 _TOP_KEYS = {"policy_id", "revision", "source_topic", "feature_groups", "description"}
 
@@ -60,6 +68,10 @@ class FeatureGroup:
     windows: tuple[Window, ...]  # sorted by duration, then name
     event_types: tuple[str, ...] | None  # None: every type not excluded
     exclude_event_types: tuple[str, ...]
+    # The v1 feature language (docs/features.md); None: the v0 form (count and
+    # sum of `amount_field` per window). A v1 group's `windows` are its
+    # features' distinct windows, and its `amount_field` is empty.
+    features: tuple[Feature, ...] | None = None
 
     @property
     def max_window_us(self) -> int:
@@ -71,12 +83,24 @@ class FeatureGroup:
         return event_type not in self.exclude_event_types
 
     def feature_names(self) -> list[str]:
+        if self.features is not None:
+            return [*(f.name for f in self.features), "last_event_ts_utc"]
         names = []
         for w in self.windows:
             names += [f"event_count_{w.name}", f"amount_sum_{w.name}"]
         return [*names, "last_event_ts_utc"]
 
     def normalized(self) -> dict[str, Any]:
+        if self.features is not None:
+            return {
+                "name": self.name,
+                "version": self.version,
+                "key_type": self.key_type,
+                "event_types": None if self.event_types is None else list(self.event_types),
+                "exclude_event_types": list(self.exclude_event_types),
+                "features": [f.normalized() for f in self.features],
+            }
+        # The v0 form: exactly these keys, so v0 digests (and answers) never change.
         return {
             "name": self.name,
             "version": self.version,
@@ -192,6 +216,8 @@ def _group(raw: Any, *, where: str) -> FeatureGroup:
         if not isinstance(raw.get(field), str) or not raw[field]:
             raise PolicyError(f"{where}: {field} is missing or empty")
     where = f"{where} ({raw['name']})"
+    if "features" in raw:
+        return _v1_group(raw, where=where)
     amount_field = raw.get("amount_field", "amount")
     if not isinstance(amount_field, str) or not amount_field:
         raise PolicyError(f"{where}: amount_field must be a non-empty string")
@@ -236,10 +262,67 @@ def _group(raw: Any, *, where: str) -> FeatureGroup:
     )
 
 
+def _event_types(raw: dict[str, Any], *, where: str) -> tuple[tuple[str, ...] | None,
+                                                            tuple[str, ...]]:
+    event_types = raw.get("event_types")
+    if event_types is not None and (
+        not isinstance(event_types, list) or not all(isinstance(t, str) for t in event_types)
+    ):
+        raise PolicyError(f"{where}: event_types must be a list of strings")
+    excluded = raw.get("exclude_event_types", list(DEFAULT_EXCLUDED_EVENT_TYPES))
+    if not isinstance(excluded, list) or not all(isinstance(t, str) for t in excluded):
+        raise PolicyError(f"{where}: exclude_event_types must be a list of strings")
+    return (None if event_types is None else tuple(sorted(set(event_types))),
+            tuple(sorted(set(excluded))))
+
+
+def _v1_group(raw: dict[str, Any], *, where: str) -> FeatureGroup:
+    """A group in the v1 feature language: a `features:` list (docs/features.md)."""
+    for key in ("amount_field", "windows"):
+        if key in raw:
+            raise PolicyError(
+                f"{where}: {key} belongs to the v0 form; with features: each feature names"
+                " its field and window"
+            )
+    try:
+        features = parse_features(raw["features"], where=where)
+    except FeatureError as exc:
+        raise PolicyError(str(exc)) from None
+    event_types, excluded = _event_types(raw, where=where)
+    return FeatureGroup(
+        name=raw["name"],
+        version=str(raw["version"]),
+        key_type=raw["key_type"],
+        amount_field="",
+        windows=_feature_windows(features),
+        event_types=event_types,
+        exclude_event_types=excluded,
+        features=features,
+    )
+
+
+def _feature_windows(features: tuple[Feature, ...]) -> tuple[Window, ...]:
+    durations = sorted({f.window_s for f in features})
+    return tuple(Window(window_text(d), d, d) for d in durations)
+
+
 def policy_from_normalized(content: dict[str, Any]) -> Policy:
     """Rebuild a Policy from the normalized form recorded in the database."""
     groups = []
     for g in content["feature_groups"]:
+        if "features" in g:
+            features = features_from_normalized(g["features"])
+            groups.append(FeatureGroup(
+                name=g["name"],
+                version=g["version"],
+                key_type=g["key_type"],
+                amount_field="",
+                windows=_feature_windows(features),
+                event_types=None if g["event_types"] is None else tuple(g["event_types"]),
+                exclude_event_types=tuple(g["exclude_event_types"]),
+                features=features,
+            ))
+            continue
         groups.append(
             FeatureGroup(
                 name=g["name"],

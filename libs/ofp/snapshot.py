@@ -15,9 +15,10 @@ from ofp.contracts.errors import ContractError, ErrorCode
 from ofp.contracts.hashing import basis_digest, snapshot_hash
 from ofp.contracts.request import ValidRequest
 from ofp.contracts.timefmt import format_micros
-from ofp.model import ReadProbes, SnapshotRow
+from ofp.features import Intermediate, finalize
+from ofp.model import FeatureProbe, ReadProbes, SnapshotRow
 from ofp.policy import FeatureGroup, Policy
-from ofp.windows import WindowProbe, window_probe
+from ofp.windows import FeatureWindowProbe, WindowProbe, feature_window_probe, window_probe
 
 FLAG_STALE_INPUT_BASIS = "STALE_INPUT_BASIS"
 FLAG_MISSING_FEATURE_STATE = "MISSING_FEATURE_STATE"
@@ -37,6 +38,9 @@ class Cell:
     # Per window of the group: (index into ReadProbes.windows, count feature name,
     # sum feature name, ttl_us); shared by every cell of the group.
     windows: tuple[tuple[int, str, str, int], ...]
+    # v1 groups: indexes into ReadProbes.feature_probes, the presence probe first,
+    # then one per feature in policy order (index is -1: no v0 cell).
+    feature_probes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,9 @@ def plan_read(req: ValidRequest, policy: Policy, group_ids: dict[tuple[str, str]
     group_slots: dict[str, tuple[int, tuple[tuple[int, str, str, int], ...]]] = {}
     for g in groups:
         gid = group_ids[(g.name, g.version)]
+        if g.features is not None:  # read through feature probes, per cell
+            group_slots[g.name] = (gid, ())
+            continue
         slots = []
         for w in g.windows:
             i = window_index.get(w.duration_us)
@@ -79,6 +86,15 @@ def plan_read(req: ValidRequest, policy: Policy, group_ids: dict[tuple[str, str]
         group_slots[g.name] = (gid, tuple(slots))
     cells: list[Cell] = []
     cell_keys: list[tuple[int, str]] = []
+    feature_probes: list[FeatureProbe] = []
+    feature_windows: dict[int, FeatureWindowProbe] = {}
+
+    def feature_window(duration_us: int) -> FeatureWindowProbe:
+        w = feature_windows.get(duration_us)
+        if w is None:
+            w = feature_windows[duration_us] = feature_window_probe(req.as_of_us, duration_us)
+        return w
+
     seen: set[tuple[str, str, str]] = set()
     for key_type, key_id in req.keys:
         for g in groups:
@@ -86,9 +102,22 @@ def plan_read(req: ValidRequest, policy: Policy, group_ids: dict[tuple[str, str]
                 continue
             seen.add((key_type, key_id, g.name))
             gid, wins = group_slots[g.name]
+            if g.features is not None:
+                first = len(feature_probes)
+                feature_probes.append(FeatureProbe(
+                    gid, key_id, 0, feature_window(g.max_window_us), False, True))
+                feature_probes.extend(
+                    FeatureProbe(gid, key_id, j, feature_window(f.window_us),
+                                 f.agg == "first", f.agg in ("last", "seconds_since_last"))
+                    for j, f in enumerate(g.features, 1)
+                )
+                cells.append(Cell(key_type, key_id, g, -1, (),
+                                  tuple(range(first, len(feature_probes)))))
+                continue
             cells.append(Cell(key_type, key_id, g, len(cell_keys), wins))
             cell_keys.append((gid, key_id))
-    probes = ReadProbes(windows, cell_keys, group_windows, last_from, req.as_of_us)
+    probes = ReadProbes(windows, cell_keys, group_windows, last_from, req.as_of_us,
+                        feature_probes)
     return ReadPlan(tuple(groups), tuple(cells), probes)
 
 
@@ -112,6 +141,30 @@ def check_row(req: ValidRequest, plan: ReadPlan, row: SnapshotRow) -> None:
                 f" ({format_micros(row.retained_from_us)})",
                 retryable=False,
             )
+
+
+_NO_FEATURE_EVENTS = Intermediate(0, None, None, None, None, None, None, None)
+
+
+def _feature_cell(
+    cell: Cell, row: SnapshotRow, as_of_us: int
+) -> tuple[dict[str, Any], bool] | None:
+    """A v1 cell's values and whether any feature is stale by its ttl; None: no event
+    of the key within the group's longest window (the key is missing)."""
+    features = cell.group.features
+    assert features is not None
+    presence = row.feature_values.get(cell.feature_probes[0])
+    if presence is None or presence.last_ts is None:
+        return None
+    last_us = presence.last_ts
+    age_us = as_of_us - last_us
+    values: dict[str, Any] = {}
+    stale = False
+    for f, probe in zip(features, cell.feature_probes[1:], strict=True):
+        values[f.name] = finalize(f, row.feature_values.get(probe, _NO_FEATURE_EVENTS), as_of_us)
+        stale = stale or age_us > f.ttl_us
+    values["last_event_ts_utc"] = format_micros(last_us)
+    return values, stale
 
 
 def assemble_snapshot(
@@ -148,6 +201,17 @@ def assemble_snapshot(
             missing_keys.add(f"{key_type}:{key_id}")
     for cell in plan.cells:
         label = f"{cell.key_type}:{cell.key_id}"
+        if cell.group.features is not None:
+            got = _feature_cell(cell, row, req.as_of_us)
+            if got is None:
+                missing_keys.add(label)
+                continue
+            present_groups.add(cell.group.name)
+            if got[1]:
+                flags.add(FLAG_STALE_BY_TTL)
+                stale_groups.add(cell.group.name)
+            features.setdefault(label, {})[cell.group.name] = got[0]
+            continue
         last_us = row.lasts.get(cell.index)
         if last_us is None:
             missing_keys.add(label)

@@ -43,3 +43,42 @@ def window_probe(as_of_us: int, duration_us: int, tile_us: int = TILE_US) -> Win
         # The whole window sits inside one tile: read it all from events.
         return WindowProbe(lo, hi, hi + 1, 0, 0, hi + 1)
     return WindowProbe(lo, hi, tile_from, tile_from, tile_to, tile_to)
+
+
+# The v1 feature language keeps tiles of two sizes (docs/features.md, "Cost").
+MINUTE_US = 60_000_000
+HOUR_US = 3_600_000_000
+FEATURE_TILE_SIZES_US = (MINUTE_US, HOUR_US)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureWindowProbe:
+    """(lo_us, hi_us] as hour tiles in the middle, minute tiles around them, and at
+    most a minute of events at each edge.
+
+    Events `lo_us < ts < m0_us` and `m1_us <= ts <= hi_us`; minute tiles starting
+    in `[m0_us, h0_us)` and `[h1_us, m1_us)`; hour tiles starting in `[h0_us, h1_us)`.
+    """
+
+    lo_us: int
+    hi_us: int
+    m0_us: int
+    h0_us: int
+    h1_us: int
+    m1_us: int
+
+
+def feature_window_probe(as_of_us: int, duration_us: int) -> FeatureWindowProbe:
+    lo = as_of_us - duration_us
+    hi = as_of_us
+    m0 = -((-(lo + 1)) // MINUTE_US) * MINUTE_US  # first minute tile wholly after lo
+    m1 = ((hi + 1) // MINUTE_US) * MINUTE_US  # minute tiles ending at or before hi
+    if m0 >= m1:
+        # No whole minute inside: every event of the window is an edge event.
+        end = hi + 1
+        return FeatureWindowProbe(lo, hi, end, end, end, end)
+    h0 = -((-m0) // HOUR_US) * HOUR_US
+    h1 = (m1 // HOUR_US) * HOUR_US
+    if h0 >= h1:
+        h0 = h1 = m1  # no whole hour: minute tiles [m0, m1) only
+    return FeatureWindowProbe(lo, hi, m0, h0, h1, m1)

@@ -111,7 +111,7 @@ async def test_a_database_of_one_stream_is_claimed_for_it_by_migration_0005(
             " VALUES ('s1', 0, 'file_line', 3), ('s1', 1, 'file_line', 0)")
         await conn.execute(
             "INSERT INTO feature_groups (name, version, key_type) VALUES ('g', 'v1', 'k')")
-        assert await migrate(conn) == ["0005_one_stream_and_group_meaning"]
+        assert (await migrate(conn))[0] == "0005_one_stream_and_group_meaning"
         assert await conn.fetchval("SELECT stream FROM bus_stream") == "s1"
         # Groups recorded before keep a NULL definition until the next record_policy.
         assert await conn.fetchval("SELECT definition FROM feature_groups") is None

@@ -11,14 +11,15 @@ arrived.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
-from ofp.model import Pins, ReadProbes, SnapshotRow
-from ofp.windows import WindowProbe
+from ofp.features import Intermediate
+from ofp.model import FeatureProbe, Pins, ReadProbes, SnapshotRow
+from ofp.windows import HOUR_US, MINUTE_US, WindowProbe
 
 # The watermark of a stream's checkpoint rows (SPEC 4.3 as amended): the least
 # event-time high mark over OPEN partitions that hold a valid record. A closed
@@ -220,8 +221,130 @@ async def read_snapshots(
 
     Each request gets its own row, with its own cell and window numbering, as
     if it had been read alone; the policy, checkpoints and retention floor are
-    the statement's, shared. None when no policy is active yet.
+    the statement's, shared. None when no policy is active yet. Reads of v1
+    features add a second statement in the same repeatable-read transaction,
+    so they see the same snapshot.
     """
+    if not any(p.feature_probes for _, p in reads):
+        return await _read_snapshots(conn, stream=stream, reads=reads)
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as c:
+            return await _read_with_features(c, stream=stream, reads=reads)
+    return await _read_with_features(conn, stream=stream, reads=reads)
+
+
+async def _read_with_features(
+    conn: Any, *, stream: str, reads: Sequence[tuple[Pins, ReadProbes]]
+) -> list[SnapshotRow] | None:
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = await _read_snapshots(conn, stream=stream, reads=reads)
+        if rows is None:
+            return None
+        owner: list[tuple[int, int]] = []  # (read, probe index) of each statement probe
+        scopes: list[int] = []
+        probes: list[FeatureProbe] = []
+        for r, (_, p) in enumerate(reads):
+            scope_id = rows[r].scope_id
+            if scope_id is None:
+                continue
+            for i, probe in enumerate(p.feature_probes):
+                owner.append((r, i))
+                scopes.append(scope_id)
+                probes.append(probe)
+        found: list[dict[int, Intermediate]] = [{} for _ in reads]
+        if probes:
+            w = [x.window for x in probes]
+            results = await conn.fetch(
+                FEATURE_VALUES_SQL,
+                scopes,
+                [x.group_id for x in probes],
+                [x.key_id for x in probes],
+                [x.feature for x in probes],
+                [x.lo_us for x in w],
+                [x.hi_us for x in w],
+                [x.m0_us for x in w],
+                [x.h0_us for x in w],
+                [x.h1_us for x in w],
+                [x.m1_us for x in w],
+                [x.need_first for x in probes],
+                [x.need_last for x in probes],
+            )
+            for res in results:
+                r, i = owner[int(res["i"]) - 1]
+                found[r][i] = Intermediate(
+                    n=int(res["n"]), s=res["s"], s2=res["s2"], mn=res["mn"], mx=res["mx"],
+                    first_val=res["first_val"], last_ts=res["last_ts"],
+                    last_val=res["last_val"],
+                )
+    return [replace(row, feature_values=found[r]) for r, row in enumerate(rows)]
+
+
+def _feature_sources(select_tiles: str, select_events: str, *,
+                     earliest: bool | None = None) -> str:
+    """UNION ALL of a probe's hour tiles, minute tiles and edge events (p: the probe)."""
+    key = ("scope_id = p.sc AND {a}.group_id = p.g AND {a}.key_id = p.k"
+           " AND {a}.feature = p.f")
+    tiles = f"FROM fv_tiles t WHERE t.{key.format(a='t')}"
+    events = f"FROM fv_events e WHERE e.{key.format(a='e')}"
+    parts = [
+        f"SELECT {select_tiles} {tiles} AND t.tile_us = {HOUR_US}"
+        " AND t.tile_start_us >= p.h0 AND t.tile_start_us < p.h1",
+        f"SELECT {select_tiles} {tiles} AND t.tile_us = {MINUTE_US}"
+        " AND t.tile_start_us >= p.m0 AND t.tile_start_us < p.h0",
+        f"SELECT {select_tiles} {tiles} AND t.tile_us = {MINUTE_US}"
+        " AND t.tile_start_us >= p.h1 AND t.tile_start_us < p.m1",
+        f"SELECT {select_events} {events} AND e.ts_us > p.lo AND e.ts_us < p.m0",
+        f"SELECT {select_events} {events} AND e.ts_us >= p.m1 AND e.ts_us <= p.hi",
+    ]
+    if earliest is not None:
+        # Only the earliest (or latest) candidate of each source.
+        d = "" if earliest else " DESC"
+        parts = [f"({x} ORDER BY t.tile_start_us{d} LIMIT 1)" for x in parts[:3]] + [
+            f"({x} ORDER BY e.ts_us{d}, e.event_id{d} LIMIT 1)" for x in parts[3:]]
+    return " UNION ALL ".join(parts)
+
+
+# One row per v1 feature probe: the window's count, exact sum and sum of
+# squares, min, max, and (when asked) the value of its earliest event and the
+# time and value of its latest, by (ts_us, event_id). Tiles are disjoint in
+# time, so the earliest tile of a range holds the range's earliest event.
+FEATURE_VALUES_SQL = f"""
+WITH p AS (
+    SELECT * FROM unnest($1::integer[], $2::smallint[], $3::text[], $4::smallint[],
+                         $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[],
+                         $9::bigint[], $10::bigint[], $11::boolean[], $12::boolean[])
+        WITH ORDINALITY AS p(sc, g, k, f, lo, hi, m0, h0, h1, m1, nf, nl, i)
+)
+SELECT p.i, a.n, a.s, a.s2, a.mn, a.mx, fst.val AS first_val, lst.ts AS last_ts,
+       lst.val AS last_val
+FROM p
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(u.n), 0)::bigint AS n, sum(u.s) AS s, sum(u.s2) AS s2,
+           min(u.mn) AS mn, max(u.mx) AS mx
+    FROM ({_feature_sources("t.n, t.s, t.s2, t.mn, t.mx",
+                            "1, e.num, e.num * e.num, e.num, e.num")}) u(n, s, s2, mn, mx)
+) a
+LEFT JOIN LATERAL (
+    SELECT c.val FROM ({_feature_sources(
+        "t.first_ts, t.first_eid, t.first_val", "e.ts_us, e.event_id, e.val",
+        earliest=True)}) c(ts, eid, val)
+    ORDER BY c.ts, c.eid COLLATE "C" LIMIT 1
+) fst ON p.nf
+LEFT JOIN LATERAL (
+    SELECT c.ts, c.val FROM ({_feature_sources(
+        "t.last_ts, t.last_eid, t.last_val", "e.ts_us, e.event_id, e.val",
+        earliest=False)}) c(ts, eid, val)
+    ORDER BY c.ts DESC, c.eid COLLATE "C" DESC LIMIT 1
+) lst ON p.nl
+"""
+
+
+async def _read_snapshots(
+    conn: Any,
+    *,
+    stream: str,
+    reads: Sequence[tuple[Pins, ReadProbes]],
+) -> list[SnapshotRow] | None:
     args, layout = snapshot_args(stream, reads)
     r_ps, c_req, cell_base, win_base = (
         layout.r_ps, layout.c_req, layout.cell_base, layout.win_base)

@@ -30,7 +30,7 @@ from ofp.model import Pins
 from ofp.policy import FeatureGroup, Policy
 from ofp.store.db import Conn
 from ofp.store.reads import WATERMARK_EXPR
-from ofp.windows import TILE_US
+from ofp.windows import HOUR_US, MINUTE_US, TILE_US
 
 
 class CheckpointConflictError(Exception):
@@ -452,7 +452,7 @@ async def _settle_and_store(
         else:
             first_seen[k] = c
             firsts.append((r, c))
-    await _stage(conn, first_seen, group_ids)
+    has_values = await _stage(conn, first_seen, group_ids)
     # Keys the store already held: usually none, which the insert's row
     # count shows without sending any key back.
     status = await conn.execute(_INSERT_DEDUPE)
@@ -486,39 +486,55 @@ async def _settle_and_store(
         if rejected:
             # The stage still holds the events the store refused: only the
             # applied ones may reach the state.
-            await conn.execute(
-                "DELETE FROM ofp_batch b USING unnest($1::integer[], $2::text[])"
-                " AS r(s, e) WHERE b.scope_id = r.s AND b.event_id = r.e",
-                [k[0] for k in rejected],
-                [k[1] for k in rejected],
-            )
+            for stage in ("ofp_batch", *(("ofp_values",) if has_values else ())):
+                await conn.execute(
+                    f"DELETE FROM {stage} b USING unnest($1::integer[], $2::text[])"
+                    " AS r(s, e) WHERE b.scope_id = r.s AND b.event_id = r.e",
+                    [k[0] for k in rejected],
+                    [k[1] for k in rejected],
+                )
         await conn.execute(_INSERT_STATE, TILE_US)
+        if has_values:
+            await conn.execute(_INSERT_VALUES)
     return settled
 
 
 async def _stage(
     conn: Conn, events: dict[tuple[int, str], Candidate], group_ids: list[int]
-) -> None:
-    """Copy `events` into the batch's staging table.
+) -> bool:
+    """Copy `events` into the batch's staging tables; True when v1 values were staged.
 
-    One row per contribution, the event's dedupe columns on each (`first`
-    marks the row that stands for the event); binary COPY: array parameters
-    would cost asyncpg several isinstance checks against ABCs per element.
-    Amounts travel as Decimal text (exact, possibly with an exponent, which
-    numeric input reads): asyncpg's binary numeric encoder costs about 2 µs a
-    row, text a tenth.
+    `ofp_batch`: one row per v0 contribution, the event's dedupe columns on each
+    (`first` marks the row that stands for the event; an event with no v0
+    contribution gets a row of its own, group 0, which the state insert skips).
+    `ofp_values`: one row per (event, v1 feature) it contributes to. Binary
+    COPY: array parameters would cost asyncpg several isinstance checks against
+    ABCs per element. Amounts travel as Decimal text (exact, possibly with an
+    exponent, which numeric input reads): asyncpg's binary numeric encoder costs
+    about 2 µs a row, text a tenth.
     """
+    rows: list[tuple[Any, ...]] = []
+    values: list[tuple[Any, ...]] = []
+    for k, c in events.items():
+        first = True
+        for contrib in c.contributions:
+            gid = group_ids[contrib.group_index]
+            if contrib.values is None:
+                rows.append((k[0], k[1], c.payload_hash, c.ts_us, first, gid,
+                             contrib.key_id, str(contrib.amount)))
+                first = False
+            else:
+                values.extend((k[0], k[1], gid, contrib.key_id, feature, c.ts_us, num, val)
+                              for feature, num, val in contrib.values)
+        if first:
+            rows.append((k[0], k[1], c.payload_hash, c.ts_us, True, 0, "", "0"))
     await conn.execute(_STAGING_TABLE)
-    await conn.copy_records_to_table(
-        "ofp_batch",
-        records=[
-            (k[0], k[1], c.payload_hash, c.ts_us, i == 0,
-             group_ids[contrib.group_index], contrib.key_id, str(contrib.amount))
-            for k, c in events.items()
-            for i, contrib in enumerate(c.contributions)
-        ],
-        columns=_STAGED_COLUMNS,
-    )
+    await conn.copy_records_to_table("ofp_batch", records=rows, columns=_STAGED_COLUMNS)
+    if values:
+        await conn.execute(_VALUES_STAGING_TABLE)
+        await conn.copy_records_to_table("ofp_values", records=values,
+                                         columns=_VALUES_COLUMNS)
+    return bool(values)
 
 
 async def _insert_quarantine(
@@ -624,10 +640,13 @@ async def _probe_store(
     events: dict[tuple[int, str], Candidate] = {}
     for _, c in candidates:
         events.setdefault((probe_scopes[c.pins], c.event_id), c)
-    await _stage(conn, events, group_ids)
+    has_values = await _stage(conn, events, group_ids)
     await conn.execute(_INSERT_DEDUPE)
     await conn.execute(_INSERT_STATE, TILE_US)
     await conn.execute("DELETE FROM ofp_batch")
+    if has_values:
+        await conn.execute(_INSERT_VALUES)
+        await conn.execute("DELETE FROM ofp_values")
 
 
 def _conflict(c: Candidate) -> Quarantined:
@@ -681,16 +700,78 @@ _REJECTED_DEDUPE = (
 # floor to the tile ($1 µs) before 1970 too, as windows.tile_start does.
 _INSERT_STATE = (
     "WITH ev AS (INSERT INTO feature_events (scope_id, group_id, key_id, ts_us, amount)"
-    " SELECT scope_id, group_id, key_id, ts_us, amount::numeric FROM ofp_batch)"
+    " SELECT scope_id, group_id, key_id, ts_us, amount::numeric FROM ofp_batch"
+    " WHERE group_id > 0)"
     " INSERT INTO feature_tiles (scope_id, group_id, key_id, tile_start_us, event_count,"
     " amount_sum) SELECT scope_id, group_id, key_id, tile, count(*), sum(amount)"
     " FROM (SELECT scope_id, group_id, key_id, amount::numeric AS amount,"
     " ts_us - ((ts_us % $1::bigint) + $1::bigint) % $1::bigint AS tile"
-    " FROM ofp_batch) s"
+    " FROM ofp_batch WHERE group_id > 0) s"
     ' GROUP BY scope_id, group_id, key_id, tile ORDER BY scope_id, group_id, key_id COLLATE "C",'
     " tile ON CONFLICT (scope_id, group_id, key_id, tile_start_us) DO UPDATE SET"
     " event_count = feature_tiles.event_count + EXCLUDED.event_count,"
     " amount_sum = feature_tiles.amount_sum + EXCLUDED.amount_sum"
+)
+
+
+# v1 feature values (docs/features.md): per (event, feature) rows, staged like
+# the v0 contributions.
+_VALUES_STAGING_TABLE = (
+    "CREATE TEMP TABLE IF NOT EXISTS ofp_values (scope_id integer NOT NULL,"
+    " event_id text NOT NULL, group_id smallint NOT NULL, key_id text NOT NULL,"
+    " feature smallint NOT NULL, ts_us bigint NOT NULL, num text, val text)"
+    " ON COMMIT DELETE ROWS"
+)
+_VALUES_COLUMNS = [
+    "scope_id", "event_id", "group_id", "key_id", "feature", "ts_us", "num", "val"
+]
+
+
+def _pick(side: str, col: str) -> str:
+    """The tile's earliest (`first`) or latest (`last`) event column after a merge."""
+    newer = "<" if side == "first" else ">"
+    cond = (f"(EXCLUDED.{side}_ts, EXCLUDED.{side}_eid) {newer}"
+            f" (fv_tiles.{side}_ts, fv_tiles.{side}_eid)")
+    return (f"{side}_{col} = CASE WHEN {cond} THEN EXCLUDED.{side}_{col}"
+            f" ELSE fv_tiles.{side}_{col} END")
+
+
+def _plus(col: str) -> str:
+    return (f"{col} = CASE WHEN fv_tiles.{col} IS NULL THEN EXCLUDED.{col}"
+            f" WHEN EXCLUDED.{col} IS NULL THEN fv_tiles.{col}"
+            f" ELSE fv_tiles.{col} + EXCLUDED.{col} END")
+
+
+# The staged values become fv_events rows, and each feature's intermediates per
+# minute tile and per hour tile are folded into fv_tiles: exact numeric sums
+# and sums of squares, min, max, and the earliest / latest event by
+# (ts_us, event_id) with its value. Rows go in key order so concurrent batches
+# lock tiles in one order.
+_ORDER_ASC = 'ORDER BY ts_us, event_id COLLATE "C"'
+_ORDER_DESC = 'ORDER BY ts_us DESC, event_id COLLATE "C" DESC'
+_INSERT_VALUES = (
+    "WITH ev AS (INSERT INTO fv_events (scope_id, group_id, key_id, feature, ts_us,"
+    " event_id, num, val) SELECT scope_id, group_id, key_id, feature, ts_us, event_id,"
+    " num::numeric, val FROM ofp_values)"
+    " INSERT INTO fv_tiles (scope_id, group_id, key_id, feature, tile_us, tile_start_us,"
+    " n, s, s2, mn, mx, first_ts, first_eid, first_val, last_ts, last_eid, last_val)"
+    " SELECT scope_id, group_id, key_id, feature, l.tile_us,"
+    " ts_us - ((ts_us % l.tile_us) + l.tile_us) % l.tile_us AS tile_start,"
+    " count(*), sum(num), sum(num * num), min(num), max(num),"
+    f" (array_agg(ts_us {_ORDER_ASC}))[1], (array_agg(event_id {_ORDER_ASC}))[1],"
+    f" (array_agg(val {_ORDER_ASC}))[1],"
+    f" (array_agg(ts_us {_ORDER_DESC}))[1], (array_agg(event_id {_ORDER_DESC}))[1],"
+    f" (array_agg(val {_ORDER_DESC}))[1]"
+    " FROM (SELECT scope_id, group_id, key_id, feature, ts_us, event_id,"
+    " num::numeric AS num, val FROM ofp_values) v"
+    f" CROSS JOIN (VALUES ({MINUTE_US}::bigint), ({HOUR_US}::bigint)) AS l(tile_us)"
+    " GROUP BY scope_id, group_id, key_id, feature, l.tile_us, tile_start"
+    ' ORDER BY scope_id, group_id, key_id COLLATE "C", feature, l.tile_us, tile_start'
+    " ON CONFLICT (scope_id, group_id, key_id, feature, tile_us, tile_start_us) DO UPDATE SET"
+    " n = fv_tiles.n + EXCLUDED.n, "
+    + ", ".join([_plus("s"), _plus("s2"),
+                 "mn = LEAST(fv_tiles.mn, EXCLUDED.mn)", "mx = GREATEST(fv_tiles.mx, EXCLUDED.mx)",
+                 *(_pick(side, col) for side in ("first", "last") for col in ("ts", "eid", "val"))])
 )
 
 
@@ -744,6 +825,10 @@ async def prune_retention(
             TILE_US,
         )
         await conn.execute("DELETE FROM event_dedupe WHERE ts_us <= $1", cutoff)
+        await conn.execute("DELETE FROM fv_events WHERE ts_us <= $1", cutoff)
+        await conn.execute(
+            "DELETE FROM fv_tiles WHERE tile_start_us + tile_us <= $1::bigint + 1", cutoff
+        )
     return cutoff
 
 
@@ -772,5 +857,5 @@ async def check_stream(conn: Conn, stream: str) -> None:
         raise StreamMismatchError(
             f"this database serves stream {served!r}, not {stream!r}: one database serves"
             " one stream (state and retention are not kept per stream); use another database,"
-            " or `ofp rebuild` into an empty one"
+            " or `ofp replay` into an empty one"
         )

@@ -41,6 +41,9 @@ _SCHEMA_MAJOR = re.compile(r"^v?([0-9]+)(?:\.|$)")
 # than stored: no real amount needs them, and they bound the cost of a sum.
 MAX_AMOUNT_DIGITS = 100
 MAX_KEY_CHARS = 256
+# Deeper records are refused (envelope_invalid): no real envelope nests this far,
+# and the validators and encoders that walk a record recurse.
+MAX_NESTING = 64
 # An integer of more bits than this has more than MAX_KEY_CHARS digits.
 _MAX_INT_KEY_BITS = 4 * MAX_KEY_CHARS
 
@@ -278,13 +281,20 @@ def classify(raw: bytes, policy: Policy, required_platform_run_id: str | None) -
 
     head = env.copy()
     head.pop("payload", None)
-    # Asking the compiled validator first skips the error search for the
-    # valid records that make up nearly all of a stream.
-    problem = None if _ENVELOPE_VALID(head) else envelope_errors(head)
     # JSON text can only carry a NUL or a lone surrogate as a \u escape, so a
     # line without one needs no walk over its strings (a backslash is rare,
     # and one byte is found faster than two).
     escaped = b"\\" in raw and b"\\u" in raw
+    # Deep nesting and unpaired surrogates (in a value or a field name) are
+    # refused before anything walks the record: the schema validator and the
+    # hash encoders cannot take them. Only records that could hold one are walked.
+    if escaped or raw.count(b"[") + raw.count(b"{") > MAX_NESTING:
+        shape = _shape_problem(env)
+        if shape is not None:
+            return Quarantined(QuarantineReason.ENVELOPE_INVALID, shape, event_id)
+    # Asking the compiled validator first skips the error search for the
+    # valid records that make up nearly all of a stream.
+    problem = None if _ENVELOPE_VALID(head) else envelope_errors(head)
     if problem is None and escaped:
         bad_text = unstorable_text(head)
         if bad_text is not None:
@@ -394,6 +404,36 @@ def feature_values(
                 QuarantineReason.VALUE_INVALID, f"payload.{f.field} ({f.name}): {exc}"
             )
     return tuple(out)
+
+
+def _shape_problem(doc: Any) -> str | None:
+    """Why a record cannot be walked safely: nesting deeper than MAX_NESTING, or an
+    unpaired surrogate in any string or field name (iterative: no recursion)."""
+    stack: list[tuple[Any, int, str]] = [(doc, 0, "")]
+    while stack:
+        node, depth, path = stack.pop()
+        if depth > MAX_NESTING:
+            return f"{path or 'record'}: nested deeper than {MAX_NESTING} levels"
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not _encodable(k):
+                    return f"{path or 'record'}: a field name has an unpaired surrogate"
+                stack.append((v, depth + 1, f"{path}.{k}" if path else k))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1, f"{path}[{i}]") for i, v in enumerate(node))
+        elif isinstance(node, str) and not _encodable(node):
+            return f"{path}: contains an unpaired surrogate"
+    return None
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _consuming(policy: Policy, event_type: str) -> tuple[tuple[int, FeatureGroup], ...]:

@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from ofp.contracts.canonical import decimal_text
+from ofp.contracts.request import storable_text
 
 NUMERIC_KINDS = frozenset({"sum", "min", "max", "mean", "variance", "stddev"})
 VALUE_KINDS = frozenset({"first", "last"})
@@ -311,6 +312,8 @@ def value_text(value: Any) -> str:
     if isinstance(value, int | Decimal):
         return decimal_text(Decimal(value))
     if isinstance(value, str):
+        if not storable_text(value):
+            raise ValueError("contains a NUL character or an unpaired surrogate")
         return value
     raise ValueError(f"is a {type(value).__name__}, not a string, number or boolean")
 

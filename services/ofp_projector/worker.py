@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any
 
 from ofp.config import Settings
-from ofp.events import Outcome, Quarantined, QuarantineReason, classify
+from ofp.events import Classified, Outcome, Quarantined, QuarantineReason, classify
 from ofp.logs import get_logger
 from ofp.model import Pins
 from ofp.policy import Policy
@@ -192,7 +192,7 @@ class PartitionWorker:
             if start:
                 await asyncio.sleep(0)
             records.extend(
-                Record(off, raw, classify(raw, policy, run_id))
+                Record(off, raw, _classify_one(raw, policy, run_id))
                 for off, raw in pending[start:start + CLASSIFY_SLICE]
             )
         return records
@@ -310,6 +310,18 @@ class PartitionWorker:
             lag_ms=batch.lag_ms,
             duration_ms=round(duration_s * 1000, 2),
         )
+
+
+def _classify_one(raw: bytes, policy: Policy, run_id: str | None) -> Classified:
+    """classify, which decides every record; should it ever raise, the record is
+    quarantined with the error rather than stopping the partition (and logged as
+    the bug it is)."""
+    try:
+        return classify(raw, policy, run_id)
+    except Exception as exc:
+        _log.exception("classify_failed", error=type(exc).__name__)
+        return Quarantined(QuarantineReason.ENVELOPE_INVALID,
+                           f"could not be classified: {type(exc).__name__}: {exc}"[:300])
 
 
 async def _discard(ahead: asyncio.Future[Any] | None) -> None:

@@ -17,11 +17,12 @@ from ofp.contracts.canonical import decimal_text
 from ofp.contracts.request import storable_text
 
 NUMERIC_KINDS = frozenset({"sum", "min", "max", "mean", "variance", "stddev"})
-VALUE_KINDS = frozenset({"first", "last"})
+VALUE_KINDS = frozenset({"first", "last", "last_n"})
 KINDS = NUMERIC_KINDS | VALUE_KINDS | {"count", "seconds_since_last"}
 SCALED_KINDS = frozenset({"mean", "variance", "stddev"})
 # Specified, not built yet: refused with a message that says so.
-PLANNED_KINDS = frozenset({"distinct_count", "approx_distinct_count", "last_n"})
+PLANNED_KINDS = frozenset({"distinct_count", "approx_distinct_count"})
+MAX_LAST_N = 100
 DEFAULT_SCALE = 6
 MAX_SCALE = 18
 MAX_FEATURES = 64
@@ -93,6 +94,7 @@ class Feature:
     ttl_s: int
     where: Filter | None
     scale: int | None  # mean / variance / stddev only
+    n: int | None = None  # last_n only: how many values, newest first
 
     @property
     def window_us(self) -> int:
@@ -122,6 +124,8 @@ class Feature:
         }
         if self.scale is not None:
             doc["scale"] = self.scale
+        if self.n is not None:
+            doc["n"] = self.n
         return doc
 
 
@@ -149,7 +153,7 @@ def parse_features(raw: Any, *, where: str) -> tuple[Feature, ...]:
 
 
 def _feature(raw: Any, *, where: str) -> Feature:
-    allowed = {"agg", "field", "window", "ttl", "where", "scale", "name"}
+    allowed = {"agg", "field", "window", "ttl", "where", "scale", "name", "n"}
     if not isinstance(raw, dict):
         raise FeatureError(f"{where}: must be a mapping of {sorted(allowed)}")
     unknown = set(raw) - allowed
@@ -176,6 +180,13 @@ def _feature(raw: Any, *, where: str) -> Feature:
             raise FeatureError(f"{where}: scale must be an integer 0..{MAX_SCALE}")
     elif "scale" in raw:
         raise FeatureError(f"{where}: scale applies to mean, variance and stddev only")
+    n = None
+    if agg == "last_n":
+        n = raw.get("n")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_LAST_N:
+            raise FeatureError(f"{where}: last_n needs n, an integer 1..{MAX_LAST_N}")
+    elif "n" in raw:
+        raise FeatureError(f"{where}: n applies to last_n only")
     flt = None if raw.get("where") is None else _filter(raw["where"], where=f"{where}: where")
     name = raw.get("name")
     if name is None:
@@ -186,7 +197,7 @@ def _feature(raw: Any, *, where: str) -> Feature:
         raise FeatureError(f"{where}: name {name!r} must match [a-z][a-z0-9_]{{0,63}}")
     if name in RESERVED_NAMES:
         raise FeatureError(f"{where}: name {name!r} is reserved")
-    return Feature(name, agg, field, window_s, ttl_s, flt, scale)
+    return Feature(name, agg, field, window_s, ttl_s, flt, scale, n)
 
 
 def _window(raw: Any, *, where: str) -> int:
@@ -330,6 +341,7 @@ class Intermediate:
     first_val: str | None
     last_ts: int | None
     last_val: str | None
+    last_values: tuple[str, ...] = ()  # last_n: newest first
 
 
 def finalize(feature: Feature, w: Intermediate, as_of_us: int) -> Any:
@@ -347,6 +359,8 @@ def finalize(feature: Feature, w: Intermediate, as_of_us: int) -> Any:
         return w.first_val if w.n else None
     if agg == "last":
         return w.last_val if w.n else None
+    if agg == "last_n":
+        return list(w.last_values)
     if not w.n:
         return None
     if agg == "min":
@@ -379,6 +393,7 @@ def features_from_normalized(docs: list[dict[str, Any]]) -> tuple[Feature, ...]:
             ttl_s=int(d["ttl_s"]),
             where=None if d["where"] is None else _filter_from_normalized(d["where"]),
             scale=d.get("scale"),
+            n=d.get("n"),
         )
         for d in docs
     )

@@ -64,6 +64,7 @@ class FeatureProbe:
     window: FeatureWindowProbe
     need_first: bool
     need_last: bool
+    last_n: int = 0  # last_n: how many of the newest values to read
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,7 +108,8 @@ def plan_read(req: ValidRequest, policy: Policy, group_ids: dict[tuple[str, str]
                     gid, key_id, 0, feature_window(g.max_window_us), False, True))
                 feature_probes.extend(
                     FeatureProbe(gid, key_id, j, feature_window(f.window_us),
-                                 f.agg == "first", f.agg in ("last", "seconds_since_last"))
+                                 f.agg == "first", f.agg in ("last", "seconds_since_last"),
+                                 f.n or 0)
                     for j, f in enumerate(g.features, 1)
                 )
                 cells.append(Cell(key_type, key_id, g, -1, (),

@@ -31,12 +31,13 @@ def test_names_derive_from_the_definition_and_the_window_as_written() -> None:
         {"agg": "sum", "field": "amount", "window": "24h"},
         {"agg": "last", "field": "merchant.id", "window": "1d"},
         {"agg": "seconds_since_last", "window": "7d"},
+        {"agg": "last_n", "field": "merchant.id", "window": "24h", "n": 5},
         {"agg": "count", "window": "1h", "name": "declined_1h",
          "where": {"field": "status", "eq": "declined"}},
     )
     assert p.groups[0].feature_names() == [
         "count_10m", "sum_amount_24h", "last_merchant_id_1d", "seconds_since_last_7d",
-        "declined_1h", "last_event_ts_utc",
+        "last_n_merchant_id_24h", "declined_1h", "last_event_ts_utc",
     ]
     # The normalized form round-trips through the database's JSON.
     assert policy_from_normalized(p.normalized()) == p
@@ -44,6 +45,9 @@ def test_names_derive_from_the_definition_and_the_window_as_written() -> None:
 
 @pytest.mark.parametrize(("feature", "message"), [
     ({"agg": "median", "window": "1h"}, "agg 'median' is not one of"),
+    ({"agg": "last_n", "field": "m", "window": "1h"}, "last_n needs n"),
+    ({"agg": "last_n", "field": "m", "window": "1h", "n": 101}, "last_n needs n"),
+    ({"agg": "last", "field": "m", "window": "1h", "n": 3}, "n applies to last_n only"),
     ({"agg": "distinct_count", "field": "m", "window": "1h"}, "not available yet"),
     ({"agg": "sum", "window": "1h"}, "needs a field"),
     ({"agg": "sum", "field": "a b", "window": "1h"}, "is not a dot path"),

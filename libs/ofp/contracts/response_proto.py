@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf import struct_pb2
+
 from ofp.api.v1 import feature_service_pb2 as pb
 
 
@@ -54,6 +56,10 @@ def response_proto(doc: dict[str, Any]) -> pb.GetFeaturesResponse:
                 v = gv.fields[feature]
                 if isinstance(value, str):
                     v.string_value = value
+                elif value is None:  # a v1 kind with no event in its window
+                    v.null_value = struct_pb2.NULL_VALUE
+                elif isinstance(value, list):  # last_n: strings, newest first
+                    v.list_value.values.extend(struct_pb2.Value(string_value=x) for x in value)
                 else:
                     v.number_value = value
     if not snap["features"]:

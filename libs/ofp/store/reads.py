@@ -268,13 +268,14 @@ async def _read_with_features(
                 [x.m1_us for x in w],
                 [x.need_first for x in probes],
                 [x.need_last for x in probes],
+                [x.last_n for x in probes],
             )
             for res in results:
                 r, i = owner[int(res["i"]) - 1]
                 found[r][i] = Intermediate(
                     n=int(res["n"]), s=res["s"], s2=res["s2"], mn=res["mn"], mx=res["mx"],
                     first_val=res["first_val"], last_ts=res["last_ts"],
-                    last_val=res["last_val"],
+                    last_val=res["last_val"], last_values=tuple(res["last_values"] or ()),
                 )
     return [replace(row, feature_values=found[r]) for r, row in enumerate(rows)]
 
@@ -312,11 +313,12 @@ FEATURE_VALUES_SQL = f"""
 WITH p AS (
     SELECT * FROM unnest($1::integer[], $2::smallint[], $3::text[], $4::smallint[],
                          $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[],
-                         $9::bigint[], $10::bigint[], $11::boolean[], $12::boolean[])
-        WITH ORDINALITY AS p(sc, g, k, f, lo, hi, m0, h0, h1, m1, nf, nl, i)
+                         $9::bigint[], $10::bigint[], $11::boolean[], $12::boolean[],
+                         $13::integer[])
+        WITH ORDINALITY AS p(sc, g, k, f, lo, hi, m0, h0, h1, m1, nf, nl, nn, i)
 )
 SELECT p.i, a.n, a.s, a.s2, a.mn, a.mx, fst.val AS first_val, lst.ts AS last_ts,
-       lst.val AS last_val
+       lst.val AS last_val, ln.vals AS last_values
 FROM p
 CROSS JOIN LATERAL (
     SELECT coalesce(sum(u.n), 0)::bigint AS n, sum(u.s) AS s, sum(u.s2) AS s2,
@@ -336,6 +338,15 @@ LEFT JOIN LATERAL (
         earliest=False)}) c(ts, eid, val)
     ORDER BY c.ts DESC, c.eid COLLATE "C" DESC LIMIT 1
 ) lst ON p.nl
+-- last_n: the newest n values of the window, straight from the events' index
+-- (a backward scan of at most n rows, whatever the key's volume).
+LEFT JOIN LATERAL (
+    SELECT array_agg(x.val ORDER BY x.ts_us DESC, x.event_id DESC) AS vals FROM (
+        SELECT e.ts_us, e.event_id, e.val FROM fv_events e
+        WHERE e.scope_id = p.sc AND e.group_id = p.g AND e.key_id = p.k AND e.feature = p.f
+          AND e.ts_us > p.lo AND e.ts_us <= p.hi
+        ORDER BY e.ts_us DESC, e.event_id DESC LIMIT p.nn) x
+) ln ON p.nn > 0
 """
 
 

@@ -87,9 +87,10 @@ class Contribution(NamedTuple):
     group_index: int  # index into Policy.groups
     key_id: str
     amount: Decimal  # v0 groups
-    # v1 groups (docs/features.md): (feature, exact number text, value text) per
-    # feature the event contributes to; feature 0 is the group's presence.
-    values: tuple[tuple[int, str | None, str | None], ...] | None = None
+    # v1 groups (docs/features.md): (feature, exact number text, value text,
+    # kept for distinct_count) per feature the event contributes to; feature 0
+    # is the group's presence.
+    values: tuple[tuple[int, str | None, str | None, bool], ...] | None = None
 
 
 class Candidate(NamedTuple):
@@ -380,25 +381,25 @@ def classify(raw: bytes, policy: Policy, required_platform_run_id: str | None) -
 
 def feature_values(
     features: tuple[Feature, ...], payload: dict[str, Any], event_type: str
-) -> tuple[tuple[int, str | None, str | None], ...] | Quarantined:
+) -> tuple[tuple[int, str | None, str | None, bool], ...] | Quarantined:
     """What an event contributes to each feature of a v1 group (feature 0: presence)."""
-    out: list[tuple[int, str | None, str | None]] = [(0, None, None)]
+    out: list[tuple[int, str | None, str | None, bool]] = [(0, None, None, False)]
     for j, f in enumerate(features, 1):
         if f.where is not None and not f.where.matches(payload, event_type):
             continue
         if f.field is None:
-            out.append((j, None, None))
+            out.append((j, None, None, False))
             continue
         raw = field_value(payload, f.field)
         if is_absent(raw):
             continue
         try:
             if f.numeric:
-                out.append((j, str(numeric_value(raw)), None))
+                out.append((j, str(numeric_value(raw)), None, False))
             elif f.keeps_value:
-                out.append((j, None, value_text(raw)))
+                out.append((j, None, value_text(raw), f.agg == "distinct_count"))
             else:
-                out.append((j, None, None))
+                out.append((j, None, None, False))
         except ValueError as exc:
             return Quarantined(
                 QuarantineReason.VALUE_INVALID, f"payload.{f.field} ({f.name}): {exc}"

@@ -65,6 +65,7 @@ class FeatureProbe:
     need_first: bool
     need_last: bool
     last_n: int = 0  # last_n: how many of the newest values to read
+    distinct: bool = False  # distinct_count: count the window's distinct values
 
 
 @dataclass(frozen=True, slots=True)

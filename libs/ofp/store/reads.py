@@ -269,6 +269,7 @@ async def _read_with_features(
                 [x.need_first for x in probes],
                 [x.need_last for x in probes],
                 [x.last_n for x in probes],
+                [x.distinct for x in probes],
             )
             for res in results:
                 r, i = owner[int(res["i"]) - 1]
@@ -276,16 +277,17 @@ async def _read_with_features(
                     n=int(res["n"]), s=res["s"], s2=res["s2"], mn=res["mn"], mx=res["mx"],
                     first_val=res["first_val"], last_ts=res["last_ts"],
                     last_val=res["last_val"], last_values=tuple(res["last_values"] or ()),
+                    distinct=int(res["distinct_n"] or 0),
                 )
     return [replace(row, feature_values=found[r]) for r, row in enumerate(rows)]
 
 
 def _feature_sources(select_tiles: str, select_events: str, *,
-                     earliest: bool | None = None) -> str:
+                     earliest: bool | None = None, tiles_table: str = "fv_tiles") -> str:
     """UNION ALL of a probe's hour tiles, minute tiles and edge events (p: the probe)."""
     key = ("scope_id = p.sc AND {a}.group_id = p.g AND {a}.key_id = p.k"
            " AND {a}.feature = p.f")
-    tiles = f"FROM fv_tiles t WHERE t.{key.format(a='t')}"
+    tiles = f"FROM {tiles_table} t WHERE t.{key.format(a='t')}"
     events = f"FROM fv_events e WHERE e.{key.format(a='e')}"
     parts = [
         f"SELECT {select_tiles} {tiles} AND t.tile_us = {HOUR_US}"
@@ -314,11 +316,11 @@ WITH p AS (
     SELECT * FROM unnest($1::integer[], $2::smallint[], $3::text[], $4::smallint[],
                          $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[],
                          $9::bigint[], $10::bigint[], $11::boolean[], $12::boolean[],
-                         $13::integer[])
-        WITH ORDINALITY AS p(sc, g, k, f, lo, hi, m0, h0, h1, m1, nf, nl, nn, i)
+                         $13::integer[], $14::boolean[])
+        WITH ORDINALITY AS p(sc, g, k, f, lo, hi, m0, h0, h1, m1, nf, nl, nn, nd, i)
 )
 SELECT p.i, a.n, a.s, a.s2, a.mn, a.mx, fst.val AS first_val, lst.ts AS last_ts,
-       lst.val AS last_val, ln.vals AS last_values
+       lst.val AS last_val, ln.vals AS last_values, dc.d AS distinct_n
 FROM p
 CROSS JOIN LATERAL (
     SELECT coalesce(sum(u.n), 0)::bigint AS n, sum(u.s) AS s, sum(u.s2) AS s2,
@@ -347,6 +349,11 @@ LEFT JOIN LATERAL (
           AND e.ts_us > p.lo AND e.ts_us <= p.hi
         ORDER BY e.ts_us DESC, e.event_id DESC LIMIT p.nn) x
 ) ln ON p.nn > 0
+-- distinct_count: the distinct values of the window's tiles and edge events.
+LEFT JOIN LATERAL (
+    SELECT count(DISTINCT u.val) AS d FROM ({_feature_sources(
+        "t.val", "e.val", tiles_table="fv_distinct")}) u(val)
+) dc ON p.nd
 """
 
 

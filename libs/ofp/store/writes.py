@@ -496,6 +496,7 @@ async def _settle_and_store(
         await conn.execute(_INSERT_STATE, TILE_US)
         if has_values:
             await conn.execute(_INSERT_VALUES)
+            await conn.execute(_INSERT_DISTINCT)
     return settled
 
 
@@ -524,8 +525,9 @@ async def _stage(
                              contrib.key_id, str(contrib.amount)))
                 first = False
             else:
-                values.extend((k[0], k[1], gid, contrib.key_id, feature, c.ts_us, num, val)
-                              for feature, num, val in contrib.values)
+                values.extend(
+                    (k[0], k[1], gid, contrib.key_id, feature, c.ts_us, num, val, dist)
+                    for feature, num, val, dist in contrib.values)
         if first:
             rows.append((k[0], k[1], c.payload_hash, c.ts_us, True, 0, "", "0"))
     await conn.execute(_STAGING_TABLE)
@@ -646,6 +648,7 @@ async def _probe_store(
     await conn.execute("DELETE FROM ofp_batch")
     if has_values:
         await conn.execute(_INSERT_VALUES)
+        await conn.execute(_INSERT_DISTINCT)
         await conn.execute("DELETE FROM ofp_values")
 
 
@@ -719,11 +722,11 @@ _INSERT_STATE = (
 _VALUES_STAGING_TABLE = (
     "CREATE TEMP TABLE IF NOT EXISTS ofp_values (scope_id integer NOT NULL,"
     " event_id text NOT NULL, group_id smallint NOT NULL, key_id text NOT NULL,"
-    " feature smallint NOT NULL, ts_us bigint NOT NULL, num text, val text)"
-    " ON COMMIT DELETE ROWS"
+    " feature smallint NOT NULL, ts_us bigint NOT NULL, num text, val text,"
+    " dist boolean NOT NULL) ON COMMIT DELETE ROWS"
 )
 _VALUES_COLUMNS = [
-    "scope_id", "event_id", "group_id", "key_id", "feature", "ts_us", "num", "val"
+    "scope_id", "event_id", "group_id", "key_id", "feature", "ts_us", "num", "val", "dist"
 ]
 
 
@@ -772,6 +775,16 @@ _INSERT_VALUES = (
     + ", ".join([_plus("s"), _plus("s2"),
                  "mn = LEAST(fv_tiles.mn, EXCLUDED.mn)", "mx = GREATEST(fv_tiles.mx, EXCLUDED.mx)",
                  *(_pick(side, col) for side in ("first", "last") for col in ("ts", "eid", "val"))])
+)
+
+
+# distinct_count: each tile's distinct values, once each (docs/features.md).
+_INSERT_DISTINCT = (
+    "INSERT INTO fv_distinct (scope_id, group_id, key_id, feature, tile_us, tile_start_us, val)"
+    " SELECT DISTINCT scope_id, group_id, key_id, feature, l.tile_us,"
+    " ts_us - ((ts_us % l.tile_us) + l.tile_us) % l.tile_us, val FROM ofp_values"
+    f" CROSS JOIN (VALUES ({MINUTE_US}::bigint), ({HOUR_US}::bigint)) AS l(tile_us)"
+    " WHERE dist ORDER BY 1, 2, 3, 4, 5, 6, 7 ON CONFLICT DO NOTHING"
 )
 
 
@@ -826,9 +839,10 @@ async def prune_retention(
         )
         await conn.execute("DELETE FROM event_dedupe WHERE ts_us <= $1", cutoff)
         await conn.execute("DELETE FROM fv_events WHERE ts_us <= $1", cutoff)
-        await conn.execute(
-            "DELETE FROM fv_tiles WHERE tile_start_us + tile_us <= $1::bigint + 1", cutoff
-        )
+        for tiles in ("fv_tiles", "fv_distinct"):
+            await conn.execute(
+                f"DELETE FROM {tiles} WHERE tile_start_us + tile_us <= $1::bigint + 1", cutoff
+            )
     return cutoff
 
 

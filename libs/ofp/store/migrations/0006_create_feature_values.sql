@@ -39,3 +39,17 @@ CREATE TABLE fv_tiles (
     last_val       text,
     PRIMARY KEY (scope_id, group_id, key_id, feature, tile_us, tile_start_us)
 );
+
+-- distinct_count: each tile's distinct values, once each. A window counts the
+-- distinct values of its tiles and edge events: the cost is bounded by the
+-- distinct values per tile, not by the number of events.
+CREATE TABLE fv_distinct (
+    scope_id       integer  NOT NULL,
+    group_id       smallint NOT NULL,
+    key_id         text     COLLATE "C" NOT NULL,
+    feature        smallint NOT NULL,
+    tile_us        bigint   NOT NULL,
+    tile_start_us  bigint   NOT NULL,
+    val            text     COLLATE "C" NOT NULL,
+    PRIMARY KEY (scope_id, group_id, key_id, feature, tile_us, tile_start_us, val)
+);

@@ -1,7 +1,7 @@
 """Event lines for the file-bus at millions per run, and GetFeatures requests.
 
 Lines come from one string template (no `json.dumps` per event); they are the
-envelope shape of SPEC 2.1 with the pins of `tests.support.streams.pins("A")`.
+envelope shape of contract 2.1 with the pins of `tests.support.streams.pins("A")`.
 """
 
 from __future__ import annotations

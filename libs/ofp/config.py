@@ -1,4 +1,4 @@
-"""Settings for both workloads: defaults -> YAML file -> environment (SPEC 5).
+"""Settings for both workloads: defaults -> YAML file -> environment (docs/contract.md 5).
 
 The environment wins. Unknown YAML keys are errors. The database URL is a
 secret: it is read from the environment only and masked wherever it is printed.
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ofp.policy import Policy
 
 
-# Lateness the retention keeps beyond the largest window (SPEC 6).
+# Lateness the retention keeps beyond the largest window (docs/contract.md 6).
 RETENTION_LATENESS_S = 120
 
 
@@ -60,10 +60,10 @@ class Settings:
     # Event time allowed past the database clock at apply time; later events
     # are quarantined as ts_in_future (replayable once their time has come).
     max_future_skew_s: int = 300
-    # projector replicas: partition leases (SPEC 6)
+    # projector replicas: partition leases (docs/contract.md 6)
     projector_id: str | None = None  # default: <hostname>-<pid>-<random>
     lease_ttl_s: int = 10
-    # Kinesis (SPEC 2.4)
+    # Kinesis (docs/contract.md 2.4)
     kinesis_stream_name: str | None = None  # default: the policy's source_topic
     kinesis_start_position: str = "TRIM_HORIZON"
     kinesis_get_records_limit: int = 1000
@@ -83,7 +83,7 @@ class Settings:
     # local runs without OFP_DATABASE_URL
     embedded_data_dir: str = ".ofp/pg"
     # operations: TLS / mTLS of the gRPC server, the plaintext health-only
-    # listener for kubelet probes, and the status health ladder (SPEC 4.6)
+    # listener for kubelet probes, and the status health ladder (docs/contract.md 4.6)
     tls_cert_path: str | None = None
     tls_key_path: str | None = None
     tls_client_ca_path: str | None = None  # set: mutual TLS, client certificates required
@@ -149,7 +149,7 @@ class Settings:
             )
 
     def bus_stream(self, topic: str) -> str:
-        """The stream name checkpoints are recorded under (the basis `stream`, SPEC 4.2).
+        """The stream name checkpoints are recorded under (the basis `stream`, contract 4.2).
 
         The one place that names the stream: the projector records checkpoints
         under it, and the server, the CLI and the health checks read them under

@@ -1,4 +1,4 @@
-"""Envelope -> record outcome, as a pure function (SPEC 2.1, 2.2).
+"""Envelope -> record outcome, as a pure function (docs/contract.md 2.1, 2.2).
 
 `classify` decides everything that can be decided from the record alone. What
 needs the store (a duplicate `event_id`, a payload conflict) is settled by the

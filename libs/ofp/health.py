@@ -1,4 +1,4 @@
-"""The health ladder (SPEC 4.6) and the status report built around it: pure functions.
+"""The health ladder (docs/contract.md 4.6) and the status report built around it: pure functions.
 
 Input: facts read in one database snapshot (`ofp.store.status.StatusFacts`) and the
 "now" those facts are measured against (the database clock of the same snapshot, so
@@ -19,7 +19,7 @@ The rules, each giving a reason with a state (the overall state is the worst):
 "Last known current" is the later of the partition's last commit and the last time the
 projector observed it with nothing left to read (lag 0): an idle but caught-up
 partition is not stale, a stuck one is. Closed shards are never stale. The watermark
-age is event time against the clock, as SPEC 4.6 says: it measures how far the
+age is event time against the clock, as contract 4.6 says: it measures how far the
 features lag the world, whatever the reason (a stuck projector or a quiet producer).
 """
 
@@ -124,7 +124,7 @@ def checkpoint_age_us(p: PartitionFacts, now_us: int) -> int:
 
 
 def watermark_us(partitions: Iterable[PartitionFacts]) -> int | None:
-    """SPEC 4.3 as amended: the least high mark over open partitions that hold one.
+    """contract 4.3 as amended: the least high mark over open partitions that hold one.
 
     Closed partitions (a Kinesis parent after a reshard) receive nothing more
     and leave the minimum; with no open partition holding a record, the

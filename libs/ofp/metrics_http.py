@@ -1,4 +1,4 @@
-"""The small HTTP endpoint both workloads serve on `metrics_port` (SPEC 5).
+"""The small HTTP endpoint both workloads serve on `metrics_port` (docs/contract.md 5).
 
     GET /metrics   Prometheus text exposition of one CollectorRegistry
     GET /healthz   200 while the process and its event loop answer

@@ -1,4 +1,4 @@
-"""Feature policy: load, validate, normalise, digest (SPEC 3).
+"""Feature policy: load, validate, normalise, digest (docs/contract.md 3).
 
 The normalised policy is a plain JSON-able dict; `content_digest` and
 `run_config_digest` are SHA-256 of its canonical JSON, so any two processes that

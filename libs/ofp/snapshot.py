@@ -1,4 +1,4 @@
-"""GetFeatures as pure functions: request -> read plan, stored row -> snapshot (SPEC 4).
+"""GetFeatures as pure functions: request -> read plan, stored row -> snapshot (docs/contract.md 4).
 
 `plan_read` says exactly which tiles and event ranges the store must sum;
 `assemble_snapshot` turns what one database snapshot returned into the
@@ -123,7 +123,7 @@ def plan_read(req: ValidRequest, policy: Policy, group_ids: dict[tuple[str, str]
 
 
 def check_row(req: ValidRequest, plan: ReadPlan, row: SnapshotRow) -> None:
-    """Refusals that depend on what the store holds (SPEC 4.5)."""
+    """Refusals that depend on what the store holds (docs/contract.md 4.5)."""
     # Before anything is consumed every scope is unknown: that is "not yet", not "never".
     if not row.offsets:
         raise ContractError(ErrorCode.UNAVAILABLE, "no input basis yet: nothing consumed")

@@ -1,4 +1,4 @@
-"""`ofp`: the developer / operator CLI (SPEC 5).
+"""`ofp`: the developer / operator CLI (docs/contract.md 5).
 
     ofp migrate                     apply schema migrations
     ofp dev                         embedded database + sample stream + projector + server

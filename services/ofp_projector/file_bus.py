@@ -1,4 +1,4 @@
-"""The local file-bus (SPEC 2.3): `<root>/<topic>/partition=<n>.jsonl`.
+"""The local file-bus (docs/contract.md 2.3): `<root>/<topic>/partition=<n>.jsonl`.
 
 The offset of a record is its 0-based line index. A trailing line without a
 newline is not written yet and is not read until it is complete.

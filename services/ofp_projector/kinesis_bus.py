@@ -1,4 +1,4 @@
-"""The Kinesis bus (SPEC 2.4) over aiobotocore.
+"""The Kinesis bus (docs/contract.md 2.4) over aiobotocore.
 
 Shards are partitions; the partition number is the integer suffix of the shard
 id and the offset of a record is its sequence number, so a checkpoint is the

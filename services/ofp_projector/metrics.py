@@ -29,7 +29,7 @@ class ProjectorMetrics:
         self._ready = False
         self.records = Counter(
             "ofp_projector_records",
-            "Records read, by outcome and reason (SPEC 2.2); reason is '' when none",
+            "Records read, by outcome and reason (docs/contract.md 2.2); reason is '' when none",
             ["outcome", "reason"],
             registry=self.registry,
         )

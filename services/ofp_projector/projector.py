@@ -331,7 +331,7 @@ class Projector:
             await self.bus.close()
 
     async def prune(self) -> None:
-        """Drop state older than the retention horizon (SPEC 6; docs/decisions.md)."""
+        """Drop state older than the retention horizon (contract 6; docs/decisions.md)."""
         horizon_us = self.settings.retention_days * 86_400 * 1_000_000
         floor = await self.store.run(
             "prune_retention",

@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-# GetFeatures is a few milliseconds of an 800 ms p99 budget (SPEC 6): fine buckets low.
+# GetFeatures is a few milliseconds of an 800 ms p99 budget (docs/contract.md 6): fine buckets low.
 LATENCY_BUCKETS_S = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )

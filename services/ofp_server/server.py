@@ -85,7 +85,7 @@ class FeatureServer:
             await self._refresh_health()
 
     async def _refresh_health(self) -> None:
-        """SERVING only when the database answers and an active policy exists (SPEC 4.6)."""
+        """SERVING only when the database answers and an active policy exists (contract 4.6)."""
         serving = False
         try:
             policy = await asyncio.wait_for(

@@ -126,7 +126,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         request: pb.GetStatusRequest | UndecodableRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.GetStatusResponse:
-        """Projection status and the health ladder (SPEC 4.6), from one database snapshot."""
+        """Projection status and the health ladder (contract 4.6), from one database snapshot."""
         request_id = _echoable_request_id(request)
         outcome = _RpcResult()
         with _RpcScope("GetStatus", request_id, context, outcome, self.metrics):

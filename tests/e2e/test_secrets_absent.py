@@ -1,4 +1,4 @@
-"""The DSN's password and AWS secrets never reach logs or errors (SPEC 6, issue 5).
+"""The DSN's password and AWS secrets never reach logs or errors (docs/contract.md 6, issue 5).
 
 Both console scripts run as real processes with a DSN that holds a password and points
 at a host that does not answer, plus AWS credentials in the environment. Whatever they

@@ -1,4 +1,4 @@
-"""Record classification: one outcome per record, decided without the store (SPEC 2.2)."""
+"""Record classification: one outcome per record, decided without the store (contract 2.2)."""
 
 from __future__ import annotations
 

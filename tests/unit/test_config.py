@@ -1,4 +1,4 @@
-"""Settings: default -> YAML -> environment; strict keys; secrets masked (SPEC 5)."""
+"""Settings: default -> YAML -> environment; strict keys; secrets masked (docs/contract.md 5)."""
 
 from __future__ import annotations
 

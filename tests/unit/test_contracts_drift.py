@@ -35,7 +35,7 @@ def test_buf_lint_passes_when_run_on_protos() -> None:
 
 
 def test_proto_json_validates_against_schema_when_seed_is_read_back_as_number() -> None:
-    """SPEC 4.2: the proto JSON form maps one-to-one onto the schema JSON."""
+    """contract 4.2: the proto JSON form maps one-to-one onto the schema JSON."""
     ts = "2026-02-06T00:00:01.000000Z"
     response = pb.GetFeaturesResponse(status="OK", served_at_utc=ts, request_id="r1")
     snap = response.snapshot

@@ -1,4 +1,4 @@
-"""The canonical envelope schema (SPEC 2.1) through `envelope_errors`."""
+"""The canonical envelope schema (docs/contract.md 2.1) through `envelope_errors`."""
 
 from __future__ import annotations
 

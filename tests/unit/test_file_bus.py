@@ -1,4 +1,4 @@
-"""File-bus reading: line offsets, torn tails, restarts (SPEC 2.3)."""
+"""File-bus reading: line offsets, torn tails, restarts (docs/contract.md 2.3)."""
 
 from __future__ import annotations
 

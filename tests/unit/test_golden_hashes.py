@@ -1,4 +1,4 @@
-"""Golden vectors: the canonical form and the hashes are pinned byte for byte (SPEC 4.4).
+"""Golden vectors: the canonical form and the hashes are pinned byte for byte (contract 4.4).
 
 If one of these changes, every hash any client ever stored changes with it:
 that is a contract change, never a refactor.

@@ -1,4 +1,4 @@
-"""The health ladder (SPEC 4.6) as a pure function: every threshold edge, table-driven."""
+"""The health ladder (contract 4.6) as a pure function: every threshold edge, table-driven."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Feature policy loading: every start-up refusal names its problem (SPEC 3)."""
+"""Feature policy loading: every start-up refusal names its problem (docs/contract.md 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GetFeatures request validation (SPEC 4.1, 4.5).
+"""GetFeatures request validation (docs/contract.md 4.1, 4.5).
 
 Invalid requests are DERIVED from the request schema by walking it (following $refs),
 so a constraint added to the schema is tested without touching this file.

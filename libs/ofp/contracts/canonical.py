@@ -1,4 +1,4 @@
-"""Canonical JSON, decimal text and digests (SPEC 4.4, 3.1).
+"""Canonical JSON, decimal text and digests (docs/contract.md 4.4, 3.1).
 
 Canonical JSON: UTF-8, keys sorted, separators `,` and `:`, ASCII only, no
 floats, explicit null. Everything OFP hashes goes through `canonical_json` so

@@ -1,4 +1,4 @@
-"""Contract error codes (SPEC 4.5) and the one exception type that carries them.
+"""Contract error codes (docs/contract.md 4.5) and the one exception type that carries them.
 
     ContractError        every refusal the API can give, keyed by `code`
       .code: ErrorCode   MISSING_PINS | INVALID_REQUEST | NOT_FOUND | UNAVAILABLE

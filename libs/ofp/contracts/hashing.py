@@ -1,4 +1,4 @@
-"""`basis_digest` and `snapshot_hash` (SPEC 4.4), and recomputing them from a JSON response.
+"""`basis_digest` and `snapshot_hash` (contract 4.4), and recomputing them from a JSON response.
 
 Anyone can recompute the hash: take the snapshot as returned, keep exactly the
 hashed fields, read 64-bit integers rendered as strings back as numbers, and

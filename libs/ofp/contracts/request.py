@@ -1,4 +1,4 @@
-"""GetFeatures request validation (SPEC 4.1): proto -> JSON form -> `ValidRequest`.
+"""GetFeatures request validation (docs/contract.md 4.1): proto -> JSON form -> `ValidRequest`.
 
 Every constraint of `get_features_request.schema.yaml` is enforced through the schema
 itself; the rules a schema cannot say are checked here:

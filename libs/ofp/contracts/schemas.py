@@ -84,7 +84,7 @@ def first_error(name: str, doc: Any) -> str | None:
 
 
 def envelope_errors(obj: Any) -> str | None:
-    """None when `obj` is a valid canonical envelope (SPEC 2.1), else its first error.
+    """None when `obj` is a valid canonical envelope (docs/contract.md 2.1), else its first error.
 
     Pins are not required by the envelope schema; the projector checks them separately.
     """

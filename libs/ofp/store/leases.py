@@ -1,4 +1,4 @@
-"""Partition leases with fencing tokens in Postgres (SPEC 6).
+"""Partition leases with fencing tokens in Postgres (docs/contract.md 6).
 
 A lease is one row of `partition_leases` per (stream, partition): the owner,
 the fencing token of the current acquisition and an expiry. Every acquisition

@@ -21,7 +21,7 @@ from ofp.features import Intermediate
 from ofp.model import FeatureProbe, Pins, ReadProbes, SnapshotRow
 from ofp.windows import HOUR_US, MINUTE_US, WindowProbe
 
-# The watermark of a stream's checkpoint rows (SPEC 4.3 as amended): the least
+# The watermark of a stream's checkpoint rows (contract 4.3 as amended): the least
 # event-time high mark over OPEN partitions that hold a valid record. A closed
 # partition (a Kinesis parent after a reshard) receives nothing more, so its
 # last high mark must not hold the watermark back; when no open partition

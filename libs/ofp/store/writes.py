@@ -1,4 +1,4 @@
-"""The write path: one transaction per batch (SPEC 2.2, 2.5).
+"""The write path: one transaction per batch (docs/contract.md 2.2, 2.5).
 
 `apply_batch` commits, atomically: feature state (events + tiles), semantic
 dedupe, quarantine rows, outcome counters and the exclusive-next checkpoint.
@@ -47,7 +47,7 @@ class LeaseLostError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Fence:
-    """The lease a batch is committed under (SPEC 6: fencing)."""
+    """The lease a batch is committed under (contract 6: fencing)."""
 
     owner: str
     token: int
@@ -236,7 +236,7 @@ async def resolve_scopes(
 
 
 # Event time allowed past the database clock at apply time before an event is
-# quarantined as ts_in_future (SPEC 2.2 as amended; Settings.max_future_skew_s).
+# quarantined as ts_in_future (contract 2.2 as amended; Settings.max_future_skew_s).
 DEFAULT_MAX_FUTURE_US = 300 * 1_000_000
 
 

@@ -76,7 +76,7 @@ CREATE TABLE event_dedupe (
 );
 
 -- Exclusive-next checkpoints, and the per-partition event-time high mark the
--- watermark is computed from (SPEC 2.5, 4.3).
+-- watermark is computed from (docs/contract.md 2.5, 4.3).
 CREATE TABLE checkpoints (
     stream         text        NOT NULL,
     partition      integer     NOT NULL CHECK (partition >= 0),

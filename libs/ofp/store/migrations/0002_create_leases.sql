@@ -1,4 +1,4 @@
--- Partition leases with fencing tokens (SPEC 2.4, 6): any number of projector
+-- Partition leases with fencing tokens (docs/contract.md 2.4, 6): any number of projector
 -- replicas share a stream; only the holder of a partition's current token can
 -- commit a batch for it.
 

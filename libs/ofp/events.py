@@ -342,6 +342,19 @@ def classify(raw: bytes, policy: Policy, required_platform_run_id: str | None) -
         return Ignored(IgnoreReason.EVENT_TYPE_NOT_CONSUMED)
     contributions: list[Contribution] = []
     for i, group in consuming:
+        if group.features is not None:
+            # v1: dot paths, and tuple keys (docs/features.md, "Keys").
+            found = feature_key(group.key_type, payload)
+            if found is None:
+                continue
+            if isinstance(found, Quarantined):
+                return Quarantined(found.reason, found.detail, event_id)
+            key_id = found
+            values = feature_values(group.features, payload, event_type)
+            if isinstance(values, Quarantined):
+                return Quarantined(values.reason, values.detail, event_id)
+            contributions.append(Contribution(i, key_id, Decimal(0), values))
+            continue
         raw_key = payload.get(group.key_type)
         if raw_key is None:
             continue
@@ -351,12 +364,6 @@ def classify(raw: bytes, policy: Policy, required_platform_run_id: str | None) -
             return Quarantined(
                 QuarantineReason.KEY_INVALID, f"payload.{group.key_type}: {exc}", event_id
             )
-        if group.features is not None:
-            values = feature_values(group.features, payload, event_type)
-            if isinstance(values, Quarantined):
-                return Quarantined(values.reason, values.detail, event_id)
-            contributions.append(Contribution(i, key_id, Decimal(0), values))
-            continue
         raw_amount = payload.get(group.amount_field)
         try:
             amount = Decimal(0) if raw_amount is None else parse_amount(raw_amount)
@@ -377,6 +384,27 @@ def classify(raw: bytes, policy: Policy, required_platform_run_id: str | None) -
         int(env["seed"]),
     )
     return Candidate(pins, env["event_id"], payload_hash(env), ts_us, tuple(contributions))
+
+
+def feature_key(key_type: str, payload: dict[str, Any]) -> str | Quarantined | None:
+    """A v1 group's key id: one field (a dot path), or several joined by `+` in the key
+    type, whose texts are joined by `|` (`\\` and `|` in a part escaped with `\\`).
+    None when a part is absent: the group does not see the event."""
+    parts = []
+    for path in key_type.split("+"):
+        raw = field_value(payload, path)
+        if is_absent(raw):
+            return None
+        try:
+            text = key_text(raw)
+        except ValueError as exc:
+            return Quarantined(QuarantineReason.KEY_INVALID, f"payload.{path}: {exc}")
+        parts.append(text.replace("\\", "\\\\").replace("|", "\\|"))
+    key_id = "|".join(parts)
+    if len(key_id) > MAX_KEY_CHARS:
+        return Quarantined(QuarantineReason.KEY_INVALID,
+                           f"key {key_type}: more than {MAX_KEY_CHARS} characters")
+    return key_id
 
 
 def feature_values(

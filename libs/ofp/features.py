@@ -129,6 +129,22 @@ class Feature:
         return doc
 
 
+MAX_KEY_PARTS = 4
+MAX_KEY_TYPE_CHARS = 64  # what a request's key_type may hold
+
+
+def check_key_type(key_type: str, *, where: str) -> None:
+    """A v1 key: one payload field (dot path) or up to four joined by `+`."""
+    parts = key_type.split("+")
+    if (len(key_type) > MAX_KEY_TYPE_CHARS or len(parts) > MAX_KEY_PARTS
+            or not all(_PATH.match(x) for x in parts) or len(set(parts)) != len(parts)):
+        raise FeatureError(
+            f"{where}: key_type {key_type!r} must be a dot path, or up to {MAX_KEY_PARTS}"
+            f" different ones joined by + (card_id+merchant.id), at most"
+            f" {MAX_KEY_TYPE_CHARS} characters"
+        )
+
+
 def window_text(seconds: int) -> str:
     """The canonical name of a window: `1h`, not `60m`."""
     for unit, size in (("d", 86400), ("h", 3600)):

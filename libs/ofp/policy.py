@@ -18,6 +18,7 @@ from ofp.contracts.canonical import digest
 from ofp.features import (
     Feature,
     FeatureError,
+    check_key_type,
     features_from_normalized,
     parse_features,
     window_text,
@@ -286,6 +287,7 @@ def _v1_group(raw: dict[str, Any], *, where: str) -> FeatureGroup:
             )
     try:
         features = parse_features(raw["features"], where=where)
+        check_key_type(raw["key_type"], where=where)
     except FeatureError as exc:
         raise PolicyError(str(exc)) from None
     event_types, excluded = _event_types(raw, where=where)

@@ -168,3 +168,19 @@ def test_finalize_is_exact_and_rounds_half_even(
     (f,) = parse_features([{"agg": agg, "field": "a", "window": "1h", "scale": scale}],
                           where="t")
     assert finalize(f, _w(values), 0) == expected
+
+
+@pytest.mark.parametrize("key_type", ["a+a", "a+b+c+d+e", "a b", "a+", "x" * 65])
+def test_a_bad_key_type_is_refused(key_type: str) -> None:
+    with pytest.raises(PolicyError, match="key_type"):
+        _policy({"agg": "count", "window": "1h"}, key_type=key_type)
+
+
+def test_tuple_key_ids_join_escaped_parts() -> None:
+    from ofp.events import Quarantined, feature_key
+
+    assert feature_key("card_id+m.id", {"card_id": 7, "m": {"id": "x|y\\z"}}) == "7|x\\|y\\\\z"
+    assert feature_key("card_id+m.id", {"card_id": 7}) is None
+    assert feature_key("card_id+m.id", {"card_id": 7, "m": {"id": None}}) is None
+    refused = feature_key("card_id+m.id", {"card_id": 7, "m": {"id": "x" * 256}})
+    assert isinstance(refused, Quarantined) and refused.reason == "key_invalid"

@@ -21,7 +21,7 @@ from ofp.contracts.canonical import decimal_text, orjson_canonical
 from ofp.contracts.request import PIN_NAMES, storable_text, unstorable_text
 from ofp.contracts.schemas import ENVELOPE, envelope_errors, validator
 from ofp.contracts.timefmt import parse_micros
-from ofp.features import Feature, field_value, is_absent, numeric_value, value_text
+from ofp.features import TILE_SET, Feature, field_value, is_absent, numeric_value, value_text
 from ofp.model import Pins
 from ofp.policy import FeatureGroup, Policy
 
@@ -88,9 +88,9 @@ class Contribution(NamedTuple):
     key_id: str
     amount: Decimal  # v0 groups
     # v1 groups (docs/features.md): (feature, exact number text, value text,
-    # kept for distinct_count) per feature the event contributes to; feature 0
-    # is the group's presence.
-    values: tuple[tuple[int, str | None, str | None, bool], ...] | None = None
+    # tile set: 0 none, 1 distinct values, 2 sketch) per feature the event
+    # contributes to; feature 0 is the group's presence.
+    values: tuple[tuple[int, str | None, str | None, int], ...] | None = None
 
 
 class Candidate(NamedTuple):
@@ -409,25 +409,25 @@ def feature_key(key_type: str, payload: dict[str, Any]) -> str | Quarantined | N
 
 def feature_values(
     features: tuple[Feature, ...], payload: dict[str, Any], event_type: str
-) -> tuple[tuple[int, str | None, str | None, bool], ...] | Quarantined:
+) -> tuple[tuple[int, str | None, str | None, int], ...] | Quarantined:
     """What an event contributes to each feature of a v1 group (feature 0: presence)."""
-    out: list[tuple[int, str | None, str | None, bool]] = [(0, None, None, False)]
+    out: list[tuple[int, str | None, str | None, int]] = [(0, None, None, 0)]
     for j, f in enumerate(features, 1):
         if f.where is not None and not f.where.matches(payload, event_type):
             continue
         if f.field is None:
-            out.append((j, None, None, False))
+            out.append((j, None, None, 0))
             continue
         raw = field_value(payload, f.field)
         if is_absent(raw):
             continue
         try:
             if f.numeric:
-                out.append((j, str(numeric_value(raw)), None, False))
+                out.append((j, str(numeric_value(raw)), None, 0))
             elif f.keeps_value:
-                out.append((j, None, value_text(raw), f.agg == "distinct_count"))
+                out.append((j, None, value_text(raw), TILE_SET.get(f.agg, 0)))
             else:
-                out.append((j, None, None, False))
+                out.append((j, None, None, 0))
         except ValueError as exc:
             return Quarantined(
                 QuarantineReason.VALUE_INVALID, f"payload.{f.field} ({f.name}): {exc}"

@@ -17,11 +17,14 @@ from ofp.contracts.canonical import decimal_text
 from ofp.contracts.request import storable_text
 
 NUMERIC_KINDS = frozenset({"sum", "min", "max", "mean", "variance", "stddev"})
-VALUE_KINDS = frozenset({"first", "last", "last_n", "distinct_count"})
+VALUE_KINDS = frozenset(
+    {"first", "last", "last_n", "distinct_count", "approx_distinct_count"})
 KINDS = NUMERIC_KINDS | VALUE_KINDS | {"count", "seconds_since_last"}
 SCALED_KINDS = frozenset({"mean", "variance", "stddev"})
 # Specified, not built yet: refused with a message that says so.
-PLANNED_KINDS = frozenset({"approx_distinct_count"})
+PLANNED_KINDS: frozenset[str] = frozenset()
+# What the store keeps of a value besides its text: a distinct set, or a sketch.
+TILE_SET = {"distinct_count": 1, "approx_distinct_count": 2}
 MAX_LAST_N = 100
 DEFAULT_SCALE = 6
 MAX_SCALE = 18
@@ -358,7 +361,7 @@ class Intermediate:
     last_ts: int | None
     last_val: str | None
     last_values: tuple[str, ...] = ()  # last_n: newest first
-    distinct: int = 0  # distinct_count
+    distinct: int = 0  # distinct_count, approx_distinct_count
 
 
 def finalize(feature: Feature, w: Intermediate, as_of_us: int) -> Any:
@@ -378,7 +381,7 @@ def finalize(feature: Feature, w: Intermediate, as_of_us: int) -> Any:
         return w.last_val if w.n else None
     if agg == "last_n":
         return list(w.last_values)
-    if agg == "distinct_count":
+    if agg in ("distinct_count", "approx_distinct_count"):
         return w.distinct
     if not w.n:
         return None

@@ -66,6 +66,7 @@ class FeatureProbe:
     need_last: bool
     last_n: int = 0  # last_n: how many of the newest values to read
     distinct: bool = False  # distinct_count: count the window's distinct values
+    sketch: bool = False  # approx_distinct_count: unite the window's sketches
 
 
 @dataclass(frozen=True, slots=True)

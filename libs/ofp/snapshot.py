@@ -109,7 +109,8 @@ def plan_read(req: ValidRequest, policy: Policy, group_ids: dict[tuple[str, str]
                 feature_probes.extend(
                     FeatureProbe(gid, key_id, j, feature_window(f.window_us),
                                  f.agg == "first", f.agg in ("last", "seconds_since_last"),
-                                 f.n or 0, f.agg == "distinct_count")
+                                 f.n or 0, f.agg == "distinct_count",
+                                 f.agg == "approx_distinct_count")
                     for j, f in enumerate(g.features, 1)
                 )
                 cells.append(Cell(key_type, key_id, g, -1, (),

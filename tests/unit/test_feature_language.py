@@ -48,7 +48,6 @@ def test_names_derive_from_the_definition_and_the_window_as_written() -> None:
     ({"agg": "last_n", "field": "m", "window": "1h"}, "last_n needs n"),
     ({"agg": "last_n", "field": "m", "window": "1h", "n": 101}, "last_n needs n"),
     ({"agg": "last", "field": "m", "window": "1h", "n": 3}, "n applies to last_n only"),
-    ({"agg": "approx_distinct_count", "field": "m", "window": "1h"}, "not available yet"),
     ({"agg": "distinct_count", "window": "1h"}, "needs a field"),
     ({"agg": "sum", "window": "1h"}, "needs a field"),
     ({"agg": "sum", "field": "a b", "window": "1h"}, "is not a dot path"),

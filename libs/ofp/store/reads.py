@@ -19,6 +19,7 @@ import asyncpg
 
 from ofp.features import Intermediate
 from ofp.model import FeatureProbe, Pins, ReadProbes, SnapshotRow
+from ofp.store import sketches
 from ofp.windows import HOUR_US, MINUTE_US, WindowProbe
 
 # The watermark of a stream's checkpoint rows (contract 4.3 as amended): the least
@@ -270,6 +271,7 @@ async def _read_with_features(
                 [x.need_last for x in probes],
                 [x.last_n for x in probes],
                 [x.distinct for x in probes],
+                [x.sketch for x in probes],
             )
             for res in results:
                 r, i = owner[int(res["i"]) - 1]
@@ -277,7 +279,10 @@ async def _read_with_features(
                     n=int(res["n"]), s=res["s"], s2=res["s2"], mn=res["mn"], mx=res["mx"],
                     first_val=res["first_val"], last_ts=res["last_ts"],
                     last_val=res["last_val"], last_values=tuple(res["last_values"] or ()),
-                    distinct=int(res["distinct_n"] or 0),
+                    distinct=(sketches.estimate([bytes(b) for b in res["sketches"] or ()],
+                                                res["edge_values"] or ())
+                              if probes[int(res["i"]) - 1].sketch
+                              else int(res["distinct_n"] or 0)),
                 )
     return [replace(row, feature_values=found[r]) for r, row in enumerate(rows)]
 
@@ -316,11 +321,12 @@ WITH p AS (
     SELECT * FROM unnest($1::integer[], $2::smallint[], $3::text[], $4::smallint[],
                          $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[],
                          $9::bigint[], $10::bigint[], $11::boolean[], $12::boolean[],
-                         $13::integer[], $14::boolean[])
-        WITH ORDINALITY AS p(sc, g, k, f, lo, hi, m0, h0, h1, m1, nf, nl, nn, nd, i)
+                         $13::integer[], $14::boolean[], $15::boolean[])
+        WITH ORDINALITY AS p(sc, g, k, f, lo, hi, m0, h0, h1, m1, nf, nl, nn, nd, na, i)
 )
 SELECT p.i, a.n, a.s, a.s2, a.mn, a.mx, fst.val AS first_val, lst.ts AS last_ts,
-       lst.val AS last_val, ln.vals AS last_values, dc.d AS distinct_n
+       lst.val AS last_val, ln.vals AS last_values, dc.d AS distinct_n,
+       hl.sketches, hl.edge_values
 FROM p
 CROSS JOIN LATERAL (
     SELECT coalesce(sum(u.n), 0)::bigint AS n, sum(u.s) AS s, sum(u.s2) AS s2,
@@ -354,6 +360,14 @@ LEFT JOIN LATERAL (
     SELECT count(DISTINCT u.val) AS d FROM ({_feature_sources(
         "t.val", "e.val", tiles_table="fv_distinct")}) u(val)
 ) dc ON p.nd
+-- approx_distinct_count: the tiles' sketches and the edge events' values,
+-- united in Python (ofp.store.sketches).
+LEFT JOIN LATERAL (
+    SELECT array_agg(u.sketch) FILTER (WHERE u.sketch IS NOT NULL) AS sketches,
+           array_agg(u.val) FILTER (WHERE u.val IS NOT NULL) AS edge_values
+    FROM ({_feature_sources("t.sketch, NULL::text", "NULL::bytea, e.val",
+                            tiles_table="fv_sketches")}) u(sketch, val)
+) hl ON p.na
 """
 
 

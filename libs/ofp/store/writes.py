@@ -28,9 +28,10 @@ from ofp.events import (
 )
 from ofp.model import Pins
 from ofp.policy import FeatureGroup, Policy
+from ofp.store import sketches
 from ofp.store.db import Conn
 from ofp.store.reads import WATERMARK_EXPR
-from ofp.windows import HOUR_US, MINUTE_US, TILE_US
+from ofp.windows import FEATURE_TILE_SIZES_US, HOUR_US, MINUTE_US, TILE_US
 
 
 class CheckpointConflictError(Exception):
@@ -497,6 +498,8 @@ async def _settle_and_store(
         if has_values:
             await conn.execute(_INSERT_VALUES)
             await conn.execute(_INSERT_DISTINCT)
+            await _merge_sketches(conn, [
+                (k, c) for k, c in first_seen.items() if k not in rejected], group_ids)
     return settled
 
 
@@ -526,8 +529,8 @@ async def _stage(
                 first = False
             else:
                 values.extend(
-                    (k[0], k[1], gid, contrib.key_id, feature, c.ts_us, num, val, dist)
-                    for feature, num, val, dist in contrib.values)
+                    (k[0], k[1], gid, contrib.key_id, feature, c.ts_us, num, val, kept == 1)
+                    for feature, num, val, kept in contrib.values)
         if first:
             rows.append((k[0], k[1], c.payload_hash, c.ts_us, True, 0, "", "0"))
     await conn.execute(_STAGING_TABLE)
@@ -537,6 +540,49 @@ async def _stage(
         await conn.copy_records_to_table("ofp_values", records=values,
                                          columns=_VALUES_COLUMNS)
     return bool(values)
+
+
+async def _merge_sketches(
+    conn: Conn, applied: list[tuple[tuple[int, str], Candidate]], group_ids: list[int]
+) -> None:
+    """Fold the applied events' approx_distinct_count values into their tiles' sketches.
+
+    Read-modify-write under row locks, tiles in key order (as every tile write),
+    so concurrent batches of other partitions wait rather than lose an update.
+    """
+    tiles: dict[tuple[int, int, str, int, int, int], list[str]] = {}
+    for (scope_id, _), c in applied:
+        for contrib in c.contributions:
+            for feature, _, val, kept in contrib.values or ():
+                if kept != 2 or val is None:
+                    continue
+                gid = group_ids[contrib.group_index]
+                for size in FEATURE_TILE_SIZES_US:
+                    start = c.ts_us - c.ts_us % size
+                    tiles.setdefault((scope_id, gid, contrib.key_id, feature, size, start),
+                                     []).append(val)
+    if not tiles:
+        return
+    keys = sorted(tiles)
+    cols = list(zip(*keys, strict=True))
+    rows = await conn.fetch(
+        "SELECT s.scope_id, s.group_id, s.key_id, s.feature, s.tile_us, s.tile_start_us,"
+        " s.sketch FROM fv_sketches s JOIN unnest($1::integer[], $2::smallint[], $3::text[],"
+        " $4::smallint[], $5::bigint[], $6::bigint[]) AS u(a, b, c, d, e, f)"
+        " ON (s.scope_id, s.group_id, s.key_id, s.feature, s.tile_us, s.tile_start_us)"
+        " = (u.a, u.b, u.c, u.d, u.e, u.f)"
+        ' ORDER BY s.scope_id, s.group_id, s.key_id, s.feature, s.tile_us, s.tile_start_us'
+        " FOR UPDATE OF s",
+        *[list(c) for c in cols],
+    )
+    existing = {tuple(r[:6]): bytes(r[6]) for r in rows}
+    merged_rows = [(*k, sketches.merged(existing.get(k), tiles[k])) for k in keys]
+    await conn.executemany(
+        "INSERT INTO fv_sketches (scope_id, group_id, key_id, feature, tile_us, tile_start_us,"
+        " sketch) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (scope_id, group_id,"
+        " key_id, feature, tile_us, tile_start_us) DO UPDATE SET sketch = EXCLUDED.sketch",
+        merged_rows,
+    )
 
 
 async def _insert_quarantine(
@@ -649,6 +695,7 @@ async def _probe_store(
     if has_values:
         await conn.execute(_INSERT_VALUES)
         await conn.execute(_INSERT_DISTINCT)
+        await _merge_sketches(conn, list(events.items()), group_ids)
         await conn.execute("DELETE FROM ofp_values")
 
 
@@ -839,7 +886,7 @@ async def prune_retention(
         )
         await conn.execute("DELETE FROM event_dedupe WHERE ts_us <= $1", cutoff)
         await conn.execute("DELETE FROM fv_events WHERE ts_us <= $1", cutoff)
-        for tiles in ("fv_tiles", "fv_distinct"):
+        for tiles in ("fv_tiles", "fv_distinct", "fv_sketches"):
             await conn.execute(
                 f"DELETE FROM {tiles} WHERE tile_start_us + tile_us <= $1::bigint + 1", cutoff
             )

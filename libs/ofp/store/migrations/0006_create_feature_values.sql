@@ -53,3 +53,15 @@ CREATE TABLE fv_distinct (
     val            text     COLLATE "C" NOT NULL,
     PRIMARY KEY (scope_id, group_id, key_id, feature, tile_us, tile_start_us, val)
 );
+
+-- approx_distinct_count: one HyperLogLog sketch per tile (ofp.store.sketches).
+CREATE TABLE fv_sketches (
+    scope_id       integer  NOT NULL,
+    group_id       smallint NOT NULL,
+    key_id         text     COLLATE "C" NOT NULL,
+    feature        smallint NOT NULL,
+    tile_us        bigint   NOT NULL,
+    tile_start_us  bigint   NOT NULL,
+    sketch         bytea    NOT NULL,
+    PRIMARY KEY (scope_id, group_id, key_id, feature, tile_us, tile_start_us)
+);

@@ -399,8 +399,11 @@ def feature_key(key_type: str, payload: dict[str, Any]) -> str | Quarantined | N
             text = key_text(raw)
         except ValueError as exc:
             return Quarantined(QuarantineReason.KEY_INVALID, f"payload.{path}: {exc}")
-        parts.append(text.replace("\\", "\\\\").replace("|", "\\|"))
-    key_id = "|".join(parts)
+        parts.append(text)
+    if len(parts) == 1:
+        key_id = parts[0]  # as a v0 group answers the same field
+    else:
+        key_id = "|".join(p.replace("\\", "\\\\").replace("|", "\\|") for p in parts)
     if len(key_id) > MAX_KEY_CHARS:
         return Quarantined(QuarantineReason.KEY_INVALID,
                            f"key {key_type}: more than {MAX_KEY_CHARS} characters")
@@ -413,44 +416,48 @@ def feature_values(
     """What an event contributes to each feature of a v1 group (feature 0: presence)."""
     out: list[tuple[int, str | None, str | None, int]] = [(0, None, None, 0)]
     for j, f in enumerate(features, 1):
+        # A present value is judged before the filter: a record is valid or not
+        # whatever a feature's filter says of it (docs/features.md).
+        contribution: tuple[int, str | None, str | None, int] = (j, None, None, 0)
+        if f.field is not None:
+            raw = field_value(payload, f.field)
+            if is_absent(raw):
+                continue
+            try:
+                if f.numeric:
+                    contribution = (j, str(numeric_value(raw)), None, 0)
+                elif f.keeps_value:
+                    contribution = (j, None, value_text(raw), TILE_SET.get(f.agg, 0))
+            except ValueError as exc:
+                return Quarantined(
+                    QuarantineReason.VALUE_INVALID, f"payload.{f.field} ({f.name}): {exc}"
+                )
         if f.where is not None and not f.where.matches(payload, event_type):
             continue
-        if f.field is None:
-            out.append((j, None, None, 0))
-            continue
-        raw = field_value(payload, f.field)
-        if is_absent(raw):
-            continue
-        try:
-            if f.numeric:
-                out.append((j, str(numeric_value(raw)), None, 0))
-            elif f.keeps_value:
-                out.append((j, None, value_text(raw), TILE_SET.get(f.agg, 0)))
-            else:
-                out.append((j, None, None, 0))
-        except ValueError as exc:
-            return Quarantined(
-                QuarantineReason.VALUE_INVALID, f"payload.{f.field} ({f.name}): {exc}"
-            )
+        out.append(contribution)
     return tuple(out)
 
 
 def _shape_problem(doc: Any) -> str | None:
     """Why a record cannot be walked safely: nesting deeper than MAX_NESTING, or an
-    unpaired surrogate in any string or field name (iterative: no recursion)."""
-    stack: list[tuple[Any, int, str]] = [(doc, 0, "")]
+    unpaired surrogate in a field name anywhere or in a string of the envelope's
+    head (the payload's strings are judged where they are used: keys, values).
+    Iterative: no recursion."""
+    stack: list[tuple[Any, int, str, bool]] = [(doc, 0, "", False)]
     while stack:
-        node, depth, path = stack.pop()
+        node, depth, path, in_payload = stack.pop()
         if depth > MAX_NESTING:
             return f"{path or 'record'}: nested deeper than {MAX_NESTING} levels"
         if isinstance(node, dict):
             for k, v in node.items():
                 if not _encodable(k):
                     return f"{path or 'record'}: a field name has an unpaired surrogate"
-                stack.append((v, depth + 1, f"{path}.{k}" if path else k))
+                stack.append((v, depth + 1, f"{path}.{k}" if path else k,
+                              in_payload or (depth == 0 and k == "payload")))
         elif isinstance(node, list):
-            stack.extend((v, depth + 1, f"{path}[{i}]") for i, v in enumerate(node))
-        elif isinstance(node, str) and not _encodable(node):
+            stack.extend((v, depth + 1, f"{path}[{i}]", in_payload)
+                         for i, v in enumerate(node))
+        elif isinstance(node, str) and not in_payload and not _encodable(node):
             return f"{path}: contains an unpaired surrogate"
     return None
 

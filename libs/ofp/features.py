@@ -315,7 +315,7 @@ def numeric_value(value: Any) -> Decimal:
     elif isinstance(value, Decimal):
         d = value
     elif isinstance(value, str):
-        text = value.strip()
+        text = value  # JSON number grammar exactly: no blanks, no sign +, no bare point
         if not _NUMBER_TEXT.match(text):
             raise ValueError("is a string that is not a decimal number")
         try:

@@ -28,7 +28,7 @@ def merged(existing: bytes | None, values: Iterable[str]) -> bytes:
         union.update(ds.hll_sketch.deserialize(existing))
     fresh = ds.hll_sketch(LG_K, _TYPE)
     for v in values:
-        fresh.update(v)
+        fresh.update(_item(v))
     union.update(fresh)
     return bytes(union.get_result(_TYPE).serialize_compact())
 
@@ -40,7 +40,7 @@ def estimate(sketches: Sequence[bytes], values: Iterable[str]) -> int:
         union.update(ds.hll_sketch.deserialize(b))
     edge = ds.hll_sketch(LG_K, _TYPE)
     for v in values:
-        edge.update(v)
+        edge.update(_item(v))
     union.update(edge)
     result = union.get_result(_TYPE)
     image = bytes(result.serialize_updatable())
@@ -49,6 +49,12 @@ def estimate(sketches: Sequence[bytes], values: Iterable[str]) -> int:
     # Coupon (list / set) modes: a function of the set of coupons alone.
     value: float = result.get_estimate()
     return round(value)
+
+
+def _item(value: str) -> str:
+    # DataSketches ignores the empty string; a value is counted with a prefix, so
+    # "" is a value like any other.
+    return "v" + value
 
 
 # In HLL mode DataSketches' estimator reads running sums kept as the registers

@@ -64,9 +64,10 @@ BATCH_SIZES = (2, 7, 2000, 1)
 KEYS = ("1", "2", "3")
 N_IDS = 4  # event ids per partition: few, so copies of one id are frequent
 N_VARIANTS = 3  # payload variants per event id: distinct payload hashes
-# 40 examples x 4 batch sizes, each into a fresh database: about 60-75 s on a 2-core
-# VM. The defect (a repeat inside a batch judged against the batch's first copy,
-# not against the copy the store applied) shows up within the first few examples.
+# 40 examples x 4 batch sizes, each into a fresh database: about 45 s on an idle
+# 2-core VM, 90 s while it is busy. The defect (a repeat inside a batch judged
+# against the batch's first copy, not the copy the store applied) shows in about
+# half the generated streams; shrinking a failure takes up to 5 minutes more.
 MAX_EXAMPLES = 40
 
 

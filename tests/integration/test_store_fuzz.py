@@ -429,7 +429,7 @@ async def test_no_generated_record_stops_a_partition(
 
 # The reported instance and its neighbours: an integer key far longer than any key may
 # be. 10**5000 is what was reported; beyond 4,300 digits Python's own parser refuses the
-# line (unparseable), so the store is never asked. Between about 2,700 and 4,300
+# line (unparseable), so the store is never asked. Between about 2,660 and 4,300
 # incompressible digits the key parses, passes classification, and PostgreSQL refuses
 # its index entry (SQLSTATE 54000): the projector crashed on every restart. 10**3000
 # compresses under the index limit and was APPLIED with a 3,001-character key.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import shutil
 import sys
@@ -14,13 +15,15 @@ from pathlib import Path
 
 import uvloop
 
-from . import h2load, scenarios
+from . import h2load, profile, scenarios
 from .pg import BenchPostgres
 from .report import Figure, now_utc, render
 
 _SIZE_OPTIONS = ("repeats", "duration_s", "hot_events", "state_keys", "ingest_events",
                  "ingest_repeats", "memory_events", "freshness_repeats", "ingest_partitions",
-                 "server_processes", "ingest_replicas", "p99_clients", "sat_clients")
+                 "server_processes", "ingest_replicas", "p99_clients", "sat_clients",
+                 "rich_ingest_events", "kind_duration_s", "rich_multi_rate",
+                 "rich_hot_rate")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -33,7 +36,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, help="keep buses, logs and the embedded"
                         " PostgreSQL here (default: a temporary directory, removed)")
     for name in _SIZE_OPTIONS:
-        kind = int
+        kind = float if isinstance(getattr(scenarios.Sizes(), name), float) else int
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind,
                             help="override the size of the chosen mode")
     args = parser.parse_args(argv)
@@ -47,9 +50,11 @@ async def run(args: argparse.Namespace, work: Path) -> int:
     overrides = {n: getattr(args, n) for n in _SIZE_OPTIONS if getattr(args, n) is not None}
     sizes = dataclasses.replace(sizes, **overrides)
     pg = BenchPostgres.start(work)
+    profile.count_postgres_of(await profile.find_postmaster(pg.admin_dsn))
     ctx = scenarios.Context(pg, work, sizes)
     chosen = args.only or list(scenarios.SCENARIOS)
     started = now_utc()
+    load_start = os.getloadavg()[0]
     failed: list[str] = []
     for name in chosen:
         t0 = time.monotonic()
@@ -75,8 +80,9 @@ async def run(args: argparse.Namespace, work: Path) -> int:
     shown_args = _shown_args(args.argv)
     mode = "quick (tiny sizes: a smoke run, not a measurement)" if args.quick else "full"
     mode += f"; sizes: {dataclasses.asdict(sizes)}"
+    load = f"{load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
     text = render(figures, args=shown_args, date=started, database=await pg.describe(),
-                  h2load=h2load.version(), mode=mode, note=args.note)
+                  h2load=h2load.version(), mode=mode, note=args.note, load=load)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
     print(f"bench: wrote {args.out}", file=sys.stderr)

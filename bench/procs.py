@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +29,13 @@ def free_port() -> int:
         return port
 
 
-def product_env(dsn: str, bus_root: Path, **settings: str | int) -> dict[str, str]:
+def product_env(dsn: str, bus_root: Path, *, features_path: Path = FEATURES_PATH,
+                **settings: str | int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         OFP_DATABASE_URL=dsn,
         OFP_FILE_BUS_ROOT=str(bus_root),
-        OFP_FEATURES_PATH=str(FEATURES_PATH),
+        OFP_FEATURES_PATH=str(features_path),
     )
     env.update({f"OFP_{k.upper()}": str(v) for k, v in settings.items()})
     return env
@@ -110,12 +113,31 @@ class Processes:
     def tail(self, n_bytes: int = 2000) -> str:
         return "\n".join(m.tail(n_bytes) for m in self.members)
 
+    def log_marks(self) -> list[int]:
+        """Where each member's log ends now (for `rpc_codes_since`)."""
+        return [m.log_path.stat().st_size if m.log_path.exists() else 0 for m in self.members]
+
+    def rpc_codes_since(self, marks: list[int]) -> Counter[str]:
+        """grpc codes of the `rpc_finished` lines logged after `marks` (ofp-server logs one
+        per call; h2load sees only HTTP statuses, and a gRPC error is an HTTP 200)."""
+        codes: Counter[str] = Counter()
+        for m, start in zip(self.members, marks, strict=True):
+            with contextlib.suppress(OSError), m.log_path.open("rb") as f:
+                f.seek(start)
+                for line in f:
+                    if b'"rpc_finished"' not in line:
+                        continue
+                    with contextlib.suppress(ValueError):
+                        codes[str(json.loads(line).get("grpc_code"))] += 1
+        return codes
+
 
 def start_server(dsn: str, bus_root: Path, port: int, log_path: Path, *,
-                 processes: int = 1) -> Processes:
+                 processes: int = 1, features_path: Path = FEATURES_PATH) -> Processes:
     """`processes` ofp-server processes on one port (OFP_GRPC_REUSEPORT when more than one)."""
     reuse = "true" if processes > 1 else "false"
-    env = product_env(dsn, bus_root, grpc_address=f"127.0.0.1:{port}", grpc_reuseport=reuse)
+    env = product_env(dsn, bus_root, features_path=features_path,
+                      grpc_address=f"127.0.0.1:{port}", grpc_reuseport=reuse)
     return Processes([
         Process([str(BIN / "ofp-server")], env, log_path.with_suffix(f".{i}{log_path.suffix}"))
         for i in range(processes)
@@ -123,16 +145,20 @@ def start_server(dsn: str, bus_root: Path, port: int, log_path: Path, *,
 
 
 def start_projector(
-    dsn: str, bus_root: Path, log_path: Path, *, once: bool, **settings: str | int
+    dsn: str, bus_root: Path, log_path: Path, *, once: bool,
+    features_path: Path = FEATURES_PATH, **settings: str | int
 ) -> Process:
     argv = [str(BIN / "ofp-projector"), *(["--once"] if once else [])]
-    return Process(argv, product_env(dsn, bus_root, **settings), log_path)
+    return Process(argv, product_env(dsn, bus_root, features_path=features_path, **settings),
+                   log_path)
 
 
-def run_projector_once(dsn: str, bus_root: Path, log_path: Path, **settings: str | int) -> float:
+def run_projector_once(dsn: str, bus_root: Path, log_path: Path, *,
+                       features_path: Path = FEATURES_PATH, **settings: str | int) -> float:
     """Drain the bus with `ofp-projector --once`; the wall time in seconds."""
     t0 = time.perf_counter()
-    proc = start_projector(dsn, bus_root, log_path, once=True, **settings)
+    proc = start_projector(dsn, bus_root, log_path, once=True, features_path=features_path,
+                           **settings)
     rc = proc.wait()
     if rc != 0:
         raise RuntimeError(f"ofp-projector --once exited {rc}:\n{proc.tail()}")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from ofp.store.reads import (
     SNAPSHOTS_SQL,
     active_groups,
     active_policy_content,
+    read_snapshots,
     snapshot_args,
 )
 
@@ -168,18 +170,85 @@ class ThreadCpu:
                 self.others_s += used
 
 
-def _postgres_cpu_s() -> float:
-    """CPU seconds used so far by every PostgreSQL process on the box."""
-    total = 0.0
-    for proc in psutil.process_iter(["name"]):
-        if proc.info["name"] != "postgres":
-            continue
+# The bench's own PostgreSQL server (its postmaster's pid), when it runs on this
+# box: its processes are counted, not a neighbour's cluster (other test runs on
+# a shared box). None: every `postgres` process counts.
+_POSTMASTER: int | None = None
+
+
+async def find_postmaster(dsn: str) -> int | None:
+    """The postmaster of the server behind `dsn` when it runs on this box, else None."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+        try:
+            proc = psutil.Process(backend)
+            if proc.name() != "postgres":
+                return None
+            parent = proc.parent()
+        except psutil.Error:
+            return None  # a remote server, or another PID namespace
+        return None if parent is None or parent.name() != "postgres" else int(parent.pid)
+    finally:
+        await conn.close()
+
+
+def count_postgres_of(postmaster: int | None) -> None:
+    """Charge `BoxCpu`'s PostgreSQL time to this postmaster's processes only."""
+    global _POSTMASTER
+    _POSTMASTER = postmaster
+
+
+def _postgres_procs() -> list[psutil.Process]:
+    if _POSTMASTER is not None:
+        try:
+            root = psutil.Process(_POSTMASTER)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            pass
+    return [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+
+
+def _postgres_times() -> dict[int, float]:
+    """pid -> CPU seconds used so far, per process of the bench's PostgreSQL."""
+    out: dict[int, float] = {}
+    for proc in _postgres_procs():
         try:
             t = proc.cpu_times()
         except psutil.Error:
             continue  # gone meanwhile
-        total += t.user + t.system
-    return total
+        out[int(proc.pid)] = t.user + t.system
+    return out
+
+
+def _postgres_cpu_s() -> float:
+    """CPU seconds used so far by the bench's PostgreSQL (see `count_postgres_of`)."""
+    return sum(_postgres_times().values())
+
+
+class PostgresCpu:
+    """PostgreSQL's CPU over a span whose backends come and go (a projector's
+    connections end with it, and an ended process's CPU can no longer be read):
+    `sample()` it often; each process counts up to its last sample."""
+
+    def __init__(self) -> None:
+        self._start: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+
+    def __enter__(self) -> PostgresCpu:
+        self._start = _postgres_times()
+        self._last = dict(self._start)
+        return self
+
+    def sample(self) -> None:
+        self._last.update(_postgres_times())
+
+    def __exit__(self, *_: object) -> None:
+        self.sample()
+
+    @property
+    def seconds(self) -> float:
+        return sum(t - self._start.get(pid, 0.0) for pid, t in self._last.items())
 
 
 def _children_cpu_s() -> float:
@@ -189,9 +258,10 @@ def _children_cpu_s() -> float:
 
 
 class BoxCpu:
-    """CPU of the box's parties between entry and exit: PostgreSQL (every
-    `postgres` process, so also an idle neighbour's few ticks) and the load
-    generator (children of this process that ended meanwhile)."""
+    """CPU of the box's parties between entry and exit: PostgreSQL (the bench's
+    server's processes when `count_postgres_of` named its postmaster, else every
+    `postgres` process on the box) and the load generator (children of this
+    process that ended meanwhile)."""
 
     def __init__(self) -> None:
         self.postgres_s = 0.0
@@ -241,6 +311,37 @@ async def snapshot_statement_cost(dsn: str, keys: list[int], *, runs: int = 500
             t0 = time.perf_counter()
             for _ in range(runs):
                 await stmt.fetchrow(*args)
+            wall = time.perf_counter() - t0
+        return StatementCost(wall * 1e6 / runs, box.postgres_s * 1e6 / runs, runs)
+    finally:
+        await conn.close()
+
+
+async def read_cost(dsn: str, keys: Sequence[workload.Key], groups: Sequence[dict[str, str]], *,
+                    runs: int = 200) -> StatementCost:
+    """The store read of one request, as the server makes it, `runs` times one after another.
+
+    `read_snapshots` with the server's plan: for v1 groups the snapshot
+    statement and the feature values statement in one repeatable-read
+    transaction (docs/features.md); generic plans, after as many warm-up runs.
+    """
+    conn = await asyncpg.connect(dsn, server_settings={"plan_cache_mode": "force_generic_plan"})
+    try:
+        found = await active_policy_content(conn)
+        if found is None:
+            raise RuntimeError("no active policy: no statement to measure")
+        policy = policy_from_normalized(found[0])
+        group_ids = await active_groups(conn)
+        proto = workload.request_proto(workload.request_doc(keys, groups=groups))
+        req = validate_request_json(request_to_json(proto), max_keys=100, max_groups=16)
+        plan = plan_read(req, policy, group_ids)
+        reads = [(pins_of(req.pins), plan.probes)]
+        for _ in range(runs):
+            await read_snapshots(conn, stream=policy.source_topic, reads=reads)
+        with BoxCpu() as box:
+            t0 = time.perf_counter()
+            for _ in range(runs):
+                await read_snapshots(conn, stream=policy.source_topic, reads=reads)
             wall = time.perf_counter() - t0
         return StatementCost(wall * 1e6 / runs, box.postgres_s * 1e6 / runs, runs)
     finally:

@@ -56,6 +56,13 @@ def fmt(x: float | None) -> str:
     return f"{x:.2f}"
 
 
+def fmt_ratio(x: float | None) -> str:
+    """A ratio: two significant digits below 0.1 (0.0034, not 0.00), else as `fmt`."""
+    if x is not None and 0 < abs(x) < 0.1:
+        return f"{x:.2g}"
+    return fmt(x)
+
+
 def machine() -> str:
     model = "unknown CPU"
     mem = ""
@@ -87,6 +94,8 @@ Client (h2load), server, projector and PostgreSQL all share the box.
 - load generator: {h2load}
 - mode: {mode}
 """
+LOAD = """- box load (1-minute load average; other work on the box shares its cores): {load}
+"""
 
 METHOD = """
 ## How each figure is measured
@@ -107,7 +116,7 @@ METHOD = """
    1/rate apart (`-r 1 --rate-period`), so their timers interleave into one
    request every 1 ms; the notes also give both servers under the same
    connections firing in phase (h2load's default: bursts of 10 every 10 ms).
-   All open-loop figures (2 to 5) interleave their connections alike.
+   All open-loop figures (2 to 5, 10, 11) interleave their connections alike.
 3. **50 keys per request at 100 req/s**: as 2 with a 50-key body; reference:
    the echo server with the same body.
 4. **Hot key**: one key with N events inside its 7-day window plus 1,000
@@ -128,6 +137,21 @@ METHOD = """
 8. **Memory**: projector RSS (psutil, every 0.1 s) over a long `--once`
    ingest: growth of the peak after 10% progress over the RSS at 10%. Server
    RSS: peak during scenario 1's closed-loop load (reference: echo server peak).
+9. **Ingest, rich v1 policy** (`ingest_rich`): as 6, with the rich policy of
+   `bench/policies.py` (three v1 groups keyed by `flow_id`, `card_id` and
+   `merchant_id`: every kind, `where` filters, windows of 10 minutes to 7
+   days) over events that carry those payload fields. Reference: a raw `COPY`
+   of the same lines. The notes give the store rows written per event.
+10. **Hot key, rich policy** (`hotkey_rich`): as 4 with the rich policy, the
+   request asking for the group `flow_rich` (every kind) of the hot key vs a
+   one-event key, runs alternating. Per kind: one group per kind (`kind_<agg>`,
+   one 7-day feature, so all of the hot key's events are in its window), one
+   run per kind and key; the row is the worst kind, the notes give every kind,
+   and the evidence the store read of each made alone. Before the runs the
+   hot key's `kind_count` must answer exactly N.
+11. **50 keys, rich policy** (`multikey_rich`): as 3 with 50 keys over the
+   three key types (a third cards, a third merchants, the rest flows) and the
+   rich policy's three groups; reference: the echo server with the same body.
 
 Before every h2load run the same request is sent once with a Python gRPC client
 and the answer must be `status: OK` with the requested keys present, so a broken
@@ -135,10 +159,16 @@ request can never produce a fast number (h2load sees only HTTP 200).
 """
 
 
+def _met_word(met: bool | None) -> str:
+    return "no target" if met is None else ("met" if met else "not met")
+
+
 def render(figures: list[Figure], *, args: str, date: str, database: str, h2load: str,
-           mode: str, note: str) -> str:
+           mode: str, note: str, load: str = "") -> str:
     out = [HEADER.format(args=args, date=date, machine=machine(), database=database,
                          h2load=h2load, mode=mode)]
+    if load:
+        out[0] += LOAD.format(load=load)
     if note:
         out.append(f"\n> {note}\n")
     out.append("\n| # | figure | median | runs | reference (same run) | ratio | target | met |"
@@ -149,14 +179,14 @@ def render(figures: list[Figure], *, args: str, date: str, database: str, h2load
         met = "—" if f.met is None else ("yes" if f.met else "**no**")
         out.append(
             f"| {i} | {f.title} | {fmt(f.value)} {f.unit} | {runs} | {f.reference or '—'} |"
-            f" {fmt(f.ratio)} | {f.target} | {met} | {f.sizes} | `{f.command}` |"
+            f" {fmt_ratio(f.ratio)} | {f.target} | {met} | {f.sizes} | `{f.command}` |"
             f" {f.measured_at} |"
         )
     notes = [f"- **{f.title}**: {f.notes}" for f in figures if f.notes]
     if notes:
         out.append("\n## Notes per figure\n")
         out.extend(notes)
-    evidence = [f"- **{f.title}** ({'met' if f.met else 'not met'}): {f.evidence}"
+    evidence = [f"- **{f.title}** ({_met_word(f.met)}): {f.evidence}"
                 for f in figures if f.evidence]
     if evidence:
         out.append("\n## Where the time goes (profiles from the same run)\n")

@@ -2,6 +2,8 @@
 
 Lines come from one string template (no `json.dumps` per event); they are the
 envelope shape of contract 2.1 with the pins of `tests.support.streams.pins("A")`.
+The rich template (`rich=True`) adds the payload fields the rich v1 policy of
+`bench/policies.py` reads: `card_id`, `merchant_id` and `status`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,40 @@ _TEMPLATE = (
 )
 
 
+# The rich payload: a flow's card is `1 + flow // 2` (two flows per card); its
+# merchant cycles over `FLOW_MERCHANTS` merchants of its own among `MERCHANTS`,
+# so a hot flow has few distinct merchants (distinct_count reads each tile's
+# distinct values, docs/features.md "Cost"); one event in ten is declined.
+_RICH_TEMPLATE = (
+    '{"event_id":"%s%028x","event_type":"txn","ts_utc":"%s.%06dZ",' + _PINS_JSON
+    + ',"schema_version":"1.0","payload":{"flow_id":%d,"card_id":%d,"merchant_id":%d,'
+    '"event_seq":%d,"amount":"%d.%02d","status":"%s","fraud_flag":%s}}\n'
+)
+MERCHANTS = 1_000
+FLOW_MERCHANTS = 20
+
+
+def rich_ids(flow: int, seq: int) -> tuple[int, int]:
+    """(card_id, merchant_id) of a rich event of `flow` with sequence number `seq`."""
+    return 1 + flow // 2, 1 + (flow * 7 + seq % FLOW_MERCHANTS) % MERCHANTS
+
+
+Key = int | tuple[str, int | str]
+"""A requested key: an int is a `flow_id`, else (key_type, key_id)."""
+
+
+def key_pair(key: Key) -> tuple[str, str]:
+    if isinstance(key, int):
+        return "flow_id", str(key)
+    return key[0], str(key[1])
+
+
+def key_label(key: Key) -> str:
+    """How the answer names the key: `<key_type>:<key_id>`."""
+    kt, kid = key_pair(key)
+    return f"{kt}:{kid}"
+
+
 class _SecondText:
     """`YYYY-MM-DDTHH:MM:SS` of an epoch second, cached for runs of equal seconds."""
 
@@ -58,7 +94,7 @@ class _SecondText:
 
 
 def keyed_lines(
-    tag: str, events: Iterable[tuple[int, int]], *, first_seq: int = 0
+    tag: str, events: Iterable[tuple[int, int]], *, first_seq: int = 0, rich: bool = False
 ) -> Iterator[tuple[int, str]]:
     """(key, envelope line) per (key, ts_us); event ids are `tag` (4 hex) + a sequence number."""
     assert len(tag) == 4 and int(tag, 16) >= 0
@@ -66,13 +102,21 @@ def keyed_lines(
     seq = first_seq
     for key, ts_us in events:
         sec, micros = divmod(ts_us, 1_000_000)
-        yield key, _TEMPLATE % (tag, seq, second(sec), micros, key, seq, seq % 1000, seq % 100)
+        if rich:
+            card, merchant = rich_ids(key, seq)
+            yield key, _RICH_TEMPLATE % (
+                tag, seq, second(sec), micros, key, card, merchant, seq, seq % 1000, seq % 100,
+                "declined" if seq % 10 == 3 else "approved",
+                "true" if seq % 97 == 5 else "false")
+        else:
+            yield key, _TEMPLATE % (tag, seq, second(sec), micros, key, seq, seq % 1000,
+                                    seq % 100)
         seq += 1
 
 
 def write_bus(
     root: Path, tag: str, events: Iterable[tuple[int, int]], *, partitions: int = 1,
-    first_seq: int = 0,
+    first_seq: int = 0, rich: bool = False,
 ) -> int:
     """Append events to `<root>/<topic>/partition=<n>.jsonl`, partition = key % partitions."""
     topic = root / TOPIC
@@ -82,7 +126,7 @@ def write_bus(
     buffers: list[list[str]] = [[] for _ in range(partitions)]
     n = 0
     try:
-        for key, line in keyed_lines(tag, events, first_seq=first_seq):
+        for key, line in keyed_lines(tag, events, first_seq=first_seq, rich=rich):
             p = key % partitions
             buffers[p].append(line)
             n += 1
@@ -121,13 +165,15 @@ def ingest_events(n_events: int, n_keys: int) -> Iterator[tuple[int, int]]:
         yield 1 + (i * 7919) % n_keys, start + i * step
 
 
-def request_doc(keys: Iterable[int | str], as_of_us: int = BASE_US) -> dict[str, Any]:
-    """The JSON form of a GetFeatures request (1 group x 3 windows per key)."""
+def request_doc(keys: Iterable[Key], as_of_us: int = BASE_US,
+                groups: Iterable[dict[str, str]] = (GROUP,)) -> dict[str, Any]:
+    """The JSON form of a GetFeatures request (by default 1 group x 3 windows per key)."""
     return {
         "pins": PINS,
         "as_of_time_utc": format_micros(as_of_us),
-        "feature_keys": [{"key_type": "flow_id", "key_id": str(k)} for k in keys],
-        "feature_groups": [GROUP],
+        "feature_keys": [dict(zip(("key_type", "key_id"), key_pair(k), strict=True))
+                         for k in keys],
+        "feature_groups": list(groups),
     }
 
 

@@ -64,8 +64,8 @@ class Sizes:
     # this many seconds each for the hot and the one-event key
     rich_ingest_events: int = 200_000
     kind_duration_s: int = 8
-    # 50 rich keys cost the box ~100 x a v0 key (docs/benchmarks.md): 100 req/s would
-    # overload 2 cores, so the rich 50-key figure runs at this rate
+    # 50 rich keys x 3 groups cost the box 35-57 ms of CPU per request (docs/performance.md,
+    # "The rich v1 policy"): 100 req/s would overload 2 cores, so that figure runs at this rate
     rich_multi_rate: float = 20
     # the rich hot-key figure's open-loop rate (the v0 figure's by default)
     rich_hot_rate: float = 200

@@ -85,3 +85,6 @@ class SnapshotRow:
     lasts: dict[int, int | None]  # cell -> last ts_us within its group's longest window
     # v1 features: index into ReadProbes.feature_probes -> the window's intermediates
     feature_values: dict[int, Intermediate] = field(default_factory=dict)
+    # The rollout epoch when read (ofp.store.rollout): the server reloads its
+    # revisions when it moves.
+    epoch: int | None = None

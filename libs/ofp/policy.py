@@ -8,7 +8,8 @@ read the same YAML agree on both digests byte for byte.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +346,19 @@ def policy_from_normalized(content: dict[str, Any]) -> Policy:
         source_topic=content["source_topic"],
         groups=tuple(groups),
     )
+
+
+def union_policy(base: Policy, others: Iterable[Policy]) -> Policy:
+    """`base` with the groups of `others` added: what the projector applies while a
+    revision is rolled out. A (name, version) means one thing in every revision
+    (the store refuses a changed meaning), so each is taken once."""
+    groups = {(g.name, g.version): g for g in base.groups}
+    for other in others:
+        if other.source_topic != base.source_topic:
+            raise PolicyError(
+                f"revision {other.revision} reads {other.source_topic!r}, the active revision"
+                f" {base.revision} reads {base.source_topic!r}: one database serves one stream"
+            )
+        for g in other.groups:
+            groups.setdefault((g.name, g.version), g)
+    return replace(base, groups=tuple(groups[k] for k in sorted(groups)))

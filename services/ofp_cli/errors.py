@@ -13,6 +13,7 @@ import asyncpg
 
 from ofp.config import ConfigError, mask_dsn
 from ofp.policy import PolicyError
+from ofp.store.writes import PolicyConflictError
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and the answer is "no" (mismatch, RPC error)
@@ -26,7 +27,7 @@ class CliError(Exception):
 
 def describe(exc: BaseException, *, secrets: tuple[str | None, ...] = ()) -> str:
     """One line for `exc`, with every known secret (DSNs) masked."""
-    if isinstance(exc, CliError | ConfigError | PolicyError):
+    if isinstance(exc, CliError | ConfigError | PolicyError | PolicyConflictError):
         text = str(exc)
     elif isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", None) or "?"

@@ -6,6 +6,8 @@
     ofp get-features ...            ask the feature server; prints the JSON answer
     ofp verify [--replay] FILE|-    recompute a saved answer's snapshot_hash (or replay it)
     ofp replay [--target-dsn DSN]   rebuild the state from the bus into a fresh database
+    ofp policy stage|backfill|activate|rollback|discard|status
+                                    roll out a policy revision (backfill, then switch)
 
 Exit codes: 0 success / match; 1 a negative answer (mismatch, RPC error, `status
 --fail-on` state reached); 2 the command could not run (one line on stderr);
@@ -26,7 +28,7 @@ import uvloop
 from ofp.config import Settings, load_settings
 from ofp.logs import configure
 
-from . import dev, get_features, migrate, replay, status, verify
+from . import dev, get_features, migrate, policy, replay, status, verify
 from .errors import EXIT_ERROR, describe
 
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
@@ -106,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-dsn", metavar="DSN",
                    help="an empty database (default: create ofp_replay_<timestamp>)")
     p.set_defaults(run=replay.run)
+
+    policy.add_parser(sub, common)
     return parser
 
 

@@ -33,6 +33,7 @@ from ofp.policy import Policy
 from ofp.store.db import is_transient, migrate
 from ofp.store.leases import Lease, LeaseManager, plan_balance
 from ofp.store.partitions import read_partition_states, record_partitions, workable
+from ofp.store.rollout import Projection, read_epoch
 from ofp.store.writes import claim_stream, prune_retention, record_policy
 
 from . import file_bus
@@ -109,7 +110,8 @@ class Projector:
         self.store = StoreRetrier(pool, on_retry=self._count_retry)
         self._stopping = asyncio.Event()
         self._ctx = WorkerContext(
-            settings=settings, policy=policy, bus=self.bus, owner=self.owner, store=self.store,
+            settings=settings, projection=Projection(0, policy, (), frozenset()), bus=self.bus,
+            owner=self.owner, store=self.store,
             metrics=self.metrics, totals=self.totals, stopping=self._stopping,
         )
         self._runs: dict[int, PartitionRun] = {}  # one per held lease
@@ -129,17 +131,24 @@ class Projector:
         self.settings.check_retention(self.policy)
         await self.store.run("migrate", migrate)
         await self.store.run("claim_stream", partial(claim_stream, stream=self.stream))
-        self._ctx.group_ids = await self.store.run(
+        await self.store.run(
             "record_policy",
             partial(record_policy, policy=self.policy,
                     required_platform_run_id=self.settings.required_platform_run_id),
         )
+        # What is applied comes from the store: the active revision (which the
+        # file's need not be, after `ofp policy activate`), the previous and the staged.
+        proj = await self._ctx.reload_projection()
+        self.settings.check_retention(proj.policy)
         _log.info(
             "projector_prepared",
             stream=self.stream,
             owner=self.owner,
             policy_id=self.policy.policy_id,
             revision=self.policy.revision,
+            active_revision=proj.policy.revision,
+            epoch=proj.epoch,
+            groups=len(proj.group_ids),
         )
 
     def stop(self) -> None:
@@ -149,7 +158,7 @@ class Projector:
 
     async def run(self, *, once: bool = False) -> Totals:
         """Follow the bus until stopped; with `once`, drain to the current end and return."""
-        if not self._ctx.group_ids:
+        if not self._ctx.projection.epoch:
             await self.prepare()
         await self.bus.start()
         _settle_gc()
@@ -176,6 +185,9 @@ class Projector:
         return [r.task for r in self._runs.values() if r.task is not None]
 
     async def _tick(self, *, once: bool) -> None:
+        epoch = await self.store.run("read_epoch", read_epoch)
+        if epoch is not None and epoch != self._ctx.projection.epoch:
+            await self._ctx.reload_projection()
         infos = await self._discover()
         listed = {i.partition for i in infos}
         new = [i for i in infos if i.partition not in self._known]

@@ -24,11 +24,13 @@ from ofp.model import Pins
 from ofp.policy import Policy
 from ofp.store.leases import Lease
 from ofp.store.partitions import record_lag
+from ofp.store.rollout import Projection, read_projection, record_live_from
 from ofp.store.writes import (
     BatchResult,
     CheckpointConflictError,
     Fence,
     LeaseLostError,
+    ProjectionChangedError,
     Record,
     apply_batch,
     find_store_refusals,
@@ -79,19 +81,29 @@ class WorkerContext:
     """What every partition run of one projector shares."""
 
     settings: Settings
-    policy: Policy
+    projection: Projection  # replaced (never changed in place) when the rollout epoch moves
     bus: Bus
     owner: str
     store: StoreRetrier
     metrics: ProjectorMetrics
     totals: Totals
     stopping: asyncio.Event  # the whole projector is stopping
-    group_ids: list[int] = field(default_factory=list)
     scopes: dict[Pins, int] = field(default_factory=dict)  # run scope ids, grown by commits
 
     @property
     def stream(self) -> str:
         return self.bus.stream
+
+    async def reload_projection(self) -> Projection:
+        """The applied groups as the store has them now (after a ProjectionChangedError,
+        or when the coordinator sees the epoch move)."""
+        found = await self.store.run("read_projection", read_projection)
+        if found is not None and found.epoch != self.projection.epoch:
+            _log.info("projection_changed", stream=self.stream, epoch=found.epoch,
+                      revision=found.policy.revision, groups=len(found.group_ids),
+                      backfilling=len(found.pending))
+            self.projection = found
+        return self.projection
 
 
 class PartitionWorker:
@@ -107,25 +119,26 @@ class PartitionWorker:
         self._fence = Fence(ctx.owner, lease.token)
         self._high: int | None = None  # largest valid event time this run applied
         self._next_lag_at = 0.0
+        self._live_from_epoch: int | None = None  # epoch whose live_from this run recorded
 
     async def run(self) -> RunEnd:
         ctx, p = self.ctx, self.partition
         source = ctx.bus.open(p, self.checkpoint)
         # The next batch is read and classified while this one is applied, so
         # the CPU work and the database round trips of a partition overlap.
-        ahead: asyncio.Future[tuple[Batch, list[Record]]] | None = None
+        ahead: asyncio.Future[tuple[Batch, list[Record], Projection]] | None = None
         try:
             while not self.stop.is_set() and not ctx.stopping.is_set():
                 if ahead is not None:
-                    batch, records = await ahead
+                    batch, records, proj = await ahead
                     ahead = None
                 else:
-                    batch, records = await self._read(source)
+                    batch, records, proj = await self._read(source)
                 await self._observe(batch)
                 if batch.records or batch.closes:
                     if not batch.closes:  # nothing follows SHARD_END
                         ahead = asyncio.ensure_future(self._read(source))
-                    end = await self._apply(batch, records)
+                    end = await self._apply(batch, records, proj)
                     if end is BatchEnd.LOST:
                         return RunEnd.LOST
                     if end is BatchEnd.CONFLICT:
@@ -143,6 +156,10 @@ class PartitionWorker:
                             ctx.metrics.partition_left_retention(p)
                         return RunEnd.CLOSED
                     continue
+                # An idle partition starts a staged revision's groups too, so
+                # that its backfill can end.
+                if await self._start_pending_groups(ctx.projection) is not None:
+                    return RunEnd.LOST
                 if self.once and batch.at_end:
                     return RunEnd.DRAINED
                 with contextlib.suppress(TimeoutError):
@@ -152,9 +169,10 @@ class PartitionWorker:
             await _discard(ahead)
             await source.close()
 
-    async def _read(self, source: PartitionSource) -> tuple[Batch, list[Record]]:
+    async def _read(self, source: PartitionSource) -> tuple[Batch, list[Record], Projection]:
         batch = await source.read(self.ctx.settings.batch_size)
-        return batch, await self._classify(batch)
+        proj = self.ctx.projection
+        return batch, await self._classify(batch, proj.policy), proj
 
     async def _observe(self, batch: Batch) -> None:
         """Lag and watermark-age metrics; the bus's lag to the store at most once a second."""
@@ -177,7 +195,7 @@ class PartitionWorker:
         )
         return checkpoints.get(self.partition, 0)
 
-    async def _classify(self, batch: Batch) -> list[Record]:
+    async def _classify(self, batch: Batch, policy: Policy) -> list[Record]:
         """Classify a batch, yielding to the event loop between slices.
 
         Classification is pure CPU (tens of milliseconds for a batch); done in
@@ -185,7 +203,7 @@ class PartitionWorker:
         partitions' batches, and their apply transactions would stretch by as
         much. In slices, those round trips are served in between.
         """
-        policy, run_id = self.ctx.policy, self.ctx.settings.required_platform_run_id
+        run_id = self.ctx.settings.required_platform_run_id
         records: list[Record] = []
         pending = batch.records
         for start in range(0, len(pending), CLASSIFY_SLICE):
@@ -197,12 +215,47 @@ class PartitionWorker:
             )
         return records
 
-    async def _apply(self, batch: Batch, records: list[Record]) -> BatchEnd:
-        """Apply one batch in one transaction, retrying transient failures."""
+    async def _start_pending_groups(self, proj: Projection) -> BatchEnd | None:
+        """While a staged revision is backfilled, record (once per epoch, under the
+        lease) the offset from which this partition applies its new groups live."""
+        if not proj.pending or self._live_from_epoch == proj.epoch:
+            return None
+        ctx = self.ctx
+        try:
+            live_from = await ctx.store.run("record_live_from", partial(
+                record_live_from, stream=ctx.stream, partition=self.partition,
+                fence=self._fence, epoch=proj.epoch))
+        except ProjectionChangedError:
+            await ctx.reload_projection()
+            return None
+        except LeaseLostError:
+            _log.warning("lease_lost", stream=ctx.stream, partition=self.partition,
+                         owner=ctx.owner, token=self._fence.token, reason="fenced_at_live_from")
+            return BatchEnd.LOST
+        self._live_from_epoch = proj.epoch
+        _log.info("backfill_live_from", stream=ctx.stream, partition=self.partition,
+                  live_from=str(live_from), epoch=proj.epoch)
+        return None
+
+    async def _apply(self, batch: Batch, records: list[Record], proj: Projection) -> BatchEnd:
+        """Apply one batch in one transaction, retrying transient failures; a batch
+        classified under an older rollout epoch is classified again first."""
         ctx, p = self.ctx, self.partition
         t0 = time.perf_counter()
         try:
-            result = await self._apply_refusing_nothing(batch, records)
+            while True:
+                if proj.epoch != ctx.projection.epoch:
+                    proj = ctx.projection
+                    records = await self._classify(batch, proj.policy)
+                if (lost := await self._start_pending_groups(proj)) is not None:
+                    return lost
+                if proj.pending and self._live_from_epoch != proj.epoch:
+                    continue  # the epoch moved while live_from was recorded
+                try:
+                    result = await self._apply_refusing_nothing(batch, records, proj)
+                    break
+                except ProjectionChangedError:
+                    await ctx.reload_projection()
         except CheckpointConflictError as exc:
             _log.warning("batch_conflicted", stream=ctx.stream, partition=p, detail=str(exc))
             return BatchEnd.CONFLICT
@@ -213,7 +266,9 @@ class PartitionWorker:
         self._account(batch, records, result, time.perf_counter() - t0)
         return BatchEnd.COMMITTED
 
-    async def _apply_refusing_nothing(self, batch: Batch, records: list[Record]) -> BatchResult:
+    async def _apply_refusing_nothing(
+        self, batch: Batch, records: list[Record], proj: Projection
+    ) -> BatchResult:
         """apply_batch; when the database refuses the data itself, without those records.
 
         No single record may stop a partition: the records the database refuses
@@ -231,19 +286,23 @@ class PartitionWorker:
                         start_offset=self.checkpoint,
                         next_offset=batch.next_offset,
                         records=records,
-                        group_ids=ctx.group_ids,
+                        group_ids=list(proj.group_ids),
                         scope_cache=ctx.scopes,
                         fence=self._fence,
                         closes_partition=batch.closes,
                         max_future_us=ctx.settings.max_future_skew_s * 1_000_000,
+                        epoch=proj.epoch,
+                        mark_seen=bool(proj.pending),
                     ),
                 )
             except Exception as exc:
                 if not refused_by_store(exc):
                     raise
-                records = await self._quarantine_refused(records, exc)
+                records = await self._quarantine_refused(records, exc, proj)
 
-    async def _quarantine_refused(self, records: list[Record], failure: Exception) -> list[Record]:
+    async def _quarantine_refused(
+        self, records: list[Record], failure: Exception, proj: Projection
+    ) -> list[Record]:
         """`records` with every record the store refuses on its own made QUARANTINED.
 
         A refusal that no single record reproduces is not the records' own
@@ -252,7 +311,7 @@ class PartitionWorker:
         ctx = self.ctx
         refusals = await ctx.store.run(
             "find_store_refusals",
-            partial(find_store_refusals, records=records, group_ids=ctx.group_ids,
+            partial(find_store_refusals, records=records, group_ids=list(proj.group_ids),
                     scope_cache=ctx.scopes),
         )
         if not refusals:

@@ -39,11 +39,11 @@ from ofp.contracts.timefmt import format_micros
 from ofp.health import Thresholds, status_report
 from ofp.logs import get_logger
 from ofp.model import SnapshotRow, pins_of
-from ofp.policy import Policy, policy_from_normalized
+from ofp.policy import Policy
 from ofp.snapshot import assemble_snapshot, plan_read
 from ofp.store.coalesce import CoalescingReader
 from ofp.store.db import is_transient
-from ofp.store.reads import active_groups, active_policy_content
+from ofp.store.rollout import Rollout, read_rollout
 from ofp.store.status import read_status
 
 from .metrics import ServerMetrics
@@ -67,26 +67,64 @@ class ActivePolicy:
 
 
 class PolicyCache:
-    """The active policy as recorded in the database, reloaded when its revision changes."""
+    """The revisions the server answers with, as recorded in the database: the active
+    one, and those a request may name (the previous one, a staged one that has
+    caught up). Reloaded when the rollout epoch a read returns has moved."""
 
     def __init__(self) -> None:
         self.active: ActivePolicy | None = None
+        self.epoch: int | None = None
+        self._servable: dict[str, ActivePolicy] = {}
         self._lock = asyncio.Lock()
 
     @property
     def policy(self) -> Policy | None:
         return None if self.active is None else self.active.policy
 
-    async def load(self, pool: asyncpg.Pool) -> ActivePolicy | None:
+    def servable(self, revision: str) -> ActivePolicy | None:
+        return self._servable.get(revision)
+
+    def served(self) -> list[str]:
+        return sorted(self._servable)
+
+    async def load(self, pool: asyncpg.Pool, *, at_least: int | None = None
+                   ) -> ActivePolicy | None:
+        """Read the revisions again (skipped when another request already loaded
+        epoch `at_least` or a later one: epochs only grow)."""
         async with self._lock:
-            found = await active_policy_content(pool)
-            if found is None:
-                self.active = None
-                return None
-            content, _ = found
-            policy = policy_from_normalized(content)
-            self.active = ActivePolicy(policy, policy.content_digest, await active_groups(pool))
+            if at_least is not None and self.epoch is not None and self.epoch >= at_least:
+                return self.active
+            async with pool.acquire() as conn:
+                rollout = await read_rollout(conn)
+            self._install(rollout)
             return self.active
+
+    async def reload_if_moved(self, pool: asyncpg.Pool) -> bool:
+        """Reload if the rollout epoch moved since the last load; True if it did.
+
+        For a request the cached revisions refuse (a group or revision unknown to
+        them): a revision may have just been activated or caught up. One small
+        read of the epoch, no more than the request's own read would have cost."""
+        epoch = await pool.fetchval("SELECT epoch FROM active_policy")
+        if epoch is None or epoch == self.epoch:
+            return False
+        await self.load(pool, at_least=int(epoch))
+        return True
+
+    def _install(self, rollout: Rollout | None) -> None:
+        if rollout is None:
+            self.active, self.epoch, self._servable = None, None, {}
+            return
+
+        def loaded(policy: Policy) -> ActivePolicy:
+            return ActivePolicy(policy, policy.content_digest, rollout.group_ids)
+
+        candidates = [rollout.active, rollout.previous, rollout.staged]
+        servable = {p.revision: loaded(p) for p in candidates
+                    if p is not None and rollout.servable(p.revision) is not None}
+        self.active = servable[rollout.active.revision]
+        self.epoch = rollout.epoch
+        self._servable = servable
 
 
 class FeatureService(pb_grpc.FeatureServiceServicer):
@@ -204,34 +242,72 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             doc["request_id"] = req.request_id
         return response_proto(doc)
 
+    async def _choose(self, revision: str | None) -> ActivePolicy:
+        """The revision a request is planned with: the named one, or the active one."""
+        cache = self.policies
+        active = cache.active or await cache.load(self.pool)
+        if active is None:
+            raise ContractError(ErrorCode.UNAVAILABLE, "no active feature policy yet")
+        if revision is None or revision == active.policy.revision:
+            return active
+        chosen = cache.servable(revision)
+        if chosen is None and await cache.reload_if_moved(self.pool):
+            chosen = cache.servable(revision)  # perhaps caught up since the last load
+        if chosen is None:
+            served = ", ".join(cache.served()) or "none"
+            raise ContractError(
+                ErrorCode.NOT_FOUND,
+                f"policy_revision {revision!r} is not served (served: {served}); a staged"
+                " revision is served once its backfill has caught up",
+            )
+        return chosen
+
     async def _snapshot(self, req: ValidRequest) -> dict[str, Any]:
-        active = self.policies.active or await self.policies.load(self.pool)
-        for _ in range(2):
-            if active is None:
-                raise ContractError(ErrorCode.UNAVAILABLE, "no active feature policy yet")
-            # The plan, the digest check and the assembly use this one revision:
-            # a reload meanwhile (another request's) must not relabel its values.
-            policy = active.policy
-            plan = plan_read(req, policy, active.group_ids)
+        for _ in range(3):
+            # The plan, the read and the assembly use this one revision: an
+            # activation meanwhile does not relabel the request's values.
+            chosen = await self._choose(req.policy_revision)
+            planned_epoch = self.policies.epoch
+            policy = chosen.policy
+            try:
+                plan = plan_read(req, policy, chosen.group_ids)
+            except ContractError:
+                # A group unknown to the cached revision: perhaps just activated.
+                if await self.policies.reload_if_moved(self.pool):
+                    continue
+                raise
             stream = self.settings.bus_stream(policy.source_topic)
             row: SnapshotRow | None = await self.reader.read(
                 stream=stream,
                 pins=pins_of(req.pins),
                 probes=plan.probes,
+                revision=(policy.policy_id, policy.revision),
             )
             if row is None:
                 raise ContractError(ErrorCode.UNAVAILABLE, "no active feature policy yet")
-            if row.content_digest == active.digest:
-                return assemble_snapshot(
-                    req,
-                    plan,
-                    row,
-                    stream=stream,
-                    max_basis_lag_us=self.settings.max_basis_lag_s * 1_000_000,
-                    created_at_us=now_us(),
-                )
-            # The active revision changed under us: plan again with the new one.
-            active = await self.policies.load(self.pool)
+            if row.epoch != planned_epoch:
+                # The rollout moved (stage, activate, rollback, caught up): the
+                # revision read must still be maintained, else plan again.
+                if row.epoch is not None:
+                    await self.policies.load(self.pool, at_least=row.epoch)
+                # The answer is given with the revision active in the snapshot it
+                # read (or the one it named): a request whose read saw a switch
+                # is planned again; one that read before it finishes as planned.
+                active = self.policies.active
+                if self.policies.servable(policy.revision) is None or (
+                        req.policy_revision is None and active is not None
+                        and active.policy.revision != policy.revision):
+                    continue
+            if row.content_digest != chosen.digest:  # a revision's content never changes
+                break
+            return assemble_snapshot(
+                req,
+                plan,
+                row,
+                stream=stream,
+                max_basis_lag_us=self.settings.max_basis_lag_s * 1_000_000,
+                created_at_us=now_us(),
+            )
         raise ContractError(
             ErrorCode.MISSING_PROVENANCE, "the active policy changed during the read; retry"
         )

@@ -130,11 +130,13 @@ async def test_one_database_serves_one_stream(pool: asyncpg.Pool, bus_root: Path
 async def test_an_answer_is_assembled_with_the_revision_it_was_planned_with(
     pool: asyncpg.Pool, bus_root: Path, fresh_dsn: str
 ) -> None:
-    """The race: a request planned with r1 reads while the server reloads r2. The
-    row then carries r2's digest; the answer must be planned again with r2, not
-    labelled r2 with r1's features. r2 here changes a window of core_features v1
-    directly in the database (what the record_policy check refuses) so that the
-    two plans differ visibly."""
+    """The race: a request planned with r1 reads while r2 is activated and the
+    server reloads. An answer is given with the revision of the snapshot it read
+    (docs/features.md, "Rolling out a revision"): r1's features labelled r1, or
+    r2's labelled r2, never r2's label on r1's features; the next request answers
+    with r2. r2 here changes
+    a window of core_features v1 directly in the database (what the record_policy
+    check refuses) so that the two plans differ visibly."""
     generate(11, n_events=60, n_keys=2, n_partitions=1, noise=False).write(bus_root)
     await project_once(pool, bus_root)
     content = json.loads(await pool.fetchval("SELECT content FROM policies"))
@@ -167,13 +169,28 @@ async def test_an_answer_is_assembled_with_the_revision_it_was_planned_with(
                 " run_config_digest, run_config) SELECT policy_id, 'r2', $1, $2::jsonb,"
                 " run_config_digest, run_config FROM policies",
                 r2_digest, json.dumps(content))
-            await pool.execute("UPDATE active_policy SET revision = 'r2'")
+            # What `ofp policy activate` does: r1 becomes the previous revision.
+            await pool.execute(
+                "UPDATE active_policy SET revision = 'r2', previous_policy_id = policy_id,"
+                " previous_revision = 'r1', epoch = epoch + 1")
             assert (await srv.service.policies.load(pool)) is not None  # reloaded: r2
             await tx.commit()
             answer = await asyncio.wait_for(pending, 10)
         finally:
             await locker.close()
+        after = await get_features(stub, doc)
+    # Whichever revision the in-flight answer names (r1 if its read's snapshot
+    # predates the switch, r2 if it saw it), its features are that revision's.
     snap = answer["snapshot"]
+    values = snap["features"]["flow_id:1"]["core_features"]
+    if snap["feature_def_policy_rev"]["revision"] == "r1":
+        assert snap["feature_def_policy_rev"]["content_digest"] == first["snapshot"][
+            "feature_def_policy_rev"]["content_digest"]
+        assert "event_count_1h" in values and "event_count_week" not in values
+    else:
+        assert snap["feature_def_policy_rev"]["content_digest"] == r2_digest
+        assert "event_count_week" in values and "event_count_1h" not in values
+    snap = after["snapshot"]
     assert snap["feature_def_policy_rev"]["revision"] == "r2"
     assert snap["feature_def_policy_rev"]["content_digest"] == r2_digest
     values = snap["features"]["flow_id:1"]["core_features"]

@@ -54,6 +54,7 @@ class ValidRequest:
     groups: tuple[tuple[str, str], ...]  # (name, version) in request order
     graph_resolution_mode: str = DEFAULT_GRAPH_RESOLUTION_MODE
     request_id: str | None = None
+    policy_revision: str | None = None  # None: the active revision answers
 
 
 def _invalid(detail: str) -> ContractError:
@@ -84,7 +85,7 @@ _PIN_FIELDS = (*PIN_NAMES, "run_id")
 _DIRECT = (
     _field_names(feature_service_pb2.GetFeaturesRequest)
     == {"pins", "as_of_time_utc", "feature_keys", "feature_groups", "graph_resolution_mode",
-        "request_id"}
+        "request_id", "policy_revision"}
     and _field_names(feature_service_pb2.ContextPins) == set(_PIN_FIELDS)
     and _field_names(feature_service_pb2.FeatureKey) == {"key_type", "key_id"}
     and _field_names(feature_service_pb2.FeatureGroupRef) == {"name", "version"}
@@ -137,6 +138,8 @@ def request_to_json(msg: feature_service_pb2.GetFeaturesRequest) -> dict[str, An
         doc["graph_resolution_mode"] = msg.graph_resolution_mode
     if msg.HasField("request_id"):
         doc["request_id"] = msg.request_id
+    if msg.HasField("policy_revision"):
+        doc["policy_revision"] = msg.policy_revision
     return doc
 
 
@@ -214,6 +217,7 @@ def validate_request_json(
         groups=groups,
         graph_resolution_mode=doc.get("graph_resolution_mode", DEFAULT_GRAPH_RESOLUTION_MODE),
         request_id=doc.get("request_id"),
+        policy_revision=doc.get("policy_revision"),
     )
 
 
@@ -229,7 +233,7 @@ def _request_texts(doc: dict[str, Any]) -> Iterator[str]:
     for g in doc["feature_groups"]:
         yield g["name"]
         yield g["version"]
-    for name in ("graph_resolution_mode", "request_id"):
+    for name in ("graph_resolution_mode", "request_id", "policy_revision"):
         if name in doc:
             yield doc[name]
 

@@ -41,6 +41,7 @@ class _Waiting:
     pins: Pins
     probes: ReadProbes
     future: asyncio.Future[SnapshotRow | None]
+    revision: tuple[str, str] | None = None
 
 
 class CoalescingReader:
@@ -61,10 +62,12 @@ class CoalescingReader:
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_statement = on_statement
 
-    async def read(self, *, stream: str, pins: Pins, probes: ReadProbes) -> SnapshotRow | None:
-        """The request's snapshot row (None: no active policy), possibly read with others."""
+    async def read(self, *, stream: str, pins: Pins, probes: ReadProbes,
+                   revision: tuple[str, str] | None = None) -> SnapshotRow | None:
+        """The request's snapshot row (None: no such revision, or none active), possibly
+        read with others planned with the same `revision` (None: the active one)."""
         future: asyncio.Future[SnapshotRow | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(stream, pins, probes, future))
+        self._waiting.append(_Waiting(stream, pins, probes, future, revision))
         self._start()
         return await future
 
@@ -88,8 +91,10 @@ class CoalescingReader:
             if w.future.done():  # its caller gave up while it waited
                 continue
             n = len(w.probes.cells)
-            if batch and (w.stream != batch[0].stream or cells + n > MAX_CELLS):
-                # Another stream (a policy change under way) or too big: the next statement.
+            if batch and (w.stream != batch[0].stream or w.revision != batch[0].revision
+                          or cells + n > MAX_CELLS):
+                # Another stream or revision (a rollout under way) or too big: the next
+                # statement.
                 skipped.append(w)
                 if cells + n > MAX_CELLS:
                     break
@@ -111,6 +116,7 @@ class CoalescingReader:
                     self._pool,
                     stream=live[0].stream,
                     reads=[(w.pins, w.probes) for w in live],
+                    revision=live[0].revision,
                 )
             except asyncio.CancelledError:
                 for w in live:

@@ -107,7 +107,8 @@ cp AS (
     SELECT partition, offset_kind, next_offset, max_event_us, closed
     FROM checkpoints WHERE stream = $1
 )
-SELECT a.policy_id, a.revision, pol.content_digest, pol.run_config_digest,
+SELECT pol.policy_id, pol.revision, pol.content_digest, pol.run_config_digest,
+       (SELECT epoch FROM active_policy) AS epoch,
        (SELECT array_agg(scope_id ORDER BY ps) FROM ps) AS scope_ids,
        (SELECT retained_from_us FROM retention WHERE stream = $1) AS retained_from_us,
        (SELECT array_agg(DISTINCT offset_kind) FROM cp) AS offset_kinds,
@@ -122,8 +123,10 @@ SELECT a.policy_id, a.revision, pol.content_digest, pol.run_config_digest,
        (SELECT array_agg(trim_scale(s)::text ORDER BY cell, win) FROM vals) AS val_sums,
        (SELECT array_agg(cell ORDER BY cell) FROM lasts) AS last_cells,
        (SELECT array_agg(last_us ORDER BY cell) FROM lasts) AS last_us
-FROM active_policy a
-JOIN policies pol USING (policy_id, revision)
+-- The revision the request was planned with ($25, $26), or the active one.
+FROM policies pol
+WHERE (pol.policy_id, pol.revision)
+    = (SELECT coalesce($25, a.policy_id), coalesce($26, a.revision) FROM active_policy a)
 """.replace("{watermark}", WATERMARK_EXPR)
 
 async def read_snapshot(
@@ -148,8 +151,8 @@ class _Layout:
     win_base: list[int]
 
 
-def snapshot_args(stream: str, reads: Sequence[tuple[Pins, ReadProbes]]
-                  ) -> tuple[list[Any], _Layout]:
+def snapshot_args(stream: str, reads: Sequence[tuple[Pins, ReadProbes]],
+                  revision: tuple[str, str] | None = None) -> tuple[list[Any], _Layout]:
     """`SNAPSHOTS_SQL`'s parameters for `reads`, and how to split its answer back."""
     pin_sets: dict[Pins, int] = {}
     r_ps: list[int] = []
@@ -208,6 +211,8 @@ def snapshot_args(stream: str, reads: Sequence[tuple[Pins, ReadProbes]]
         lg_req,
         lg_group,
         lg_lo,
+        None if revision is None else revision[0],
+        None if revision is None else revision[1],
     ]
     return args, _Layout(r_ps, c_req, cell_base, win_base)
 
@@ -217,6 +222,7 @@ async def read_snapshots(
     *,
     stream: str,
     reads: Sequence[tuple[Pins, ReadProbes]],
+    revision: tuple[str, str] | None = None,
 ) -> list[SnapshotRow] | None:
     """Several requests' reads in ONE statement, so in one MVCC snapshot.
 
@@ -224,21 +230,23 @@ async def read_snapshots(
     if it had been read alone; the policy, checkpoints and retention floor are
     the statement's, shared. None when no policy is active yet. Reads of v1
     features add a second statement in the same repeatable-read transaction,
-    so they see the same snapshot.
+    so they see the same snapshot. `revision` (policy_id, revision) is the
+    revision the reads were planned with; None: the active one.
     """
     if not any(p.feature_probes for _, p in reads):
-        return await _read_snapshots(conn, stream=stream, reads=reads)
+        return await _read_snapshots(conn, stream=stream, reads=reads, revision=revision)
     if isinstance(conn, asyncpg.Pool):
         async with conn.acquire() as c:
-            return await _read_with_features(c, stream=stream, reads=reads)
-    return await _read_with_features(conn, stream=stream, reads=reads)
+            return await _read_with_features(c, stream=stream, reads=reads, revision=revision)
+    return await _read_with_features(conn, stream=stream, reads=reads, revision=revision)
 
 
 async def _read_with_features(
-    conn: Any, *, stream: str, reads: Sequence[tuple[Pins, ReadProbes]]
+    conn: Any, *, stream: str, reads: Sequence[tuple[Pins, ReadProbes]],
+    revision: tuple[str, str] | None,
 ) -> list[SnapshotRow] | None:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        rows = await _read_snapshots(conn, stream=stream, reads=reads)
+        rows = await _read_snapshots(conn, stream=stream, reads=reads, revision=revision)
         if rows is None:
             return None
         owner: list[tuple[int, int]] = []  # (read, probe index) of each statement probe
@@ -376,8 +384,9 @@ async def _read_snapshots(
     *,
     stream: str,
     reads: Sequence[tuple[Pins, ReadProbes]],
+    revision: tuple[str, str] | None = None,
 ) -> list[SnapshotRow] | None:
-    args, layout = snapshot_args(stream, reads)
+    args, layout = snapshot_args(stream, reads, revision)
     r_ps, c_req, cell_base, win_base = (
         layout.r_ps, layout.c_req, layout.cell_base, layout.win_base)
     row = await conn.fetchrow(SNAPSHOTS_SQL, *args)
@@ -424,6 +433,7 @@ async def _read_snapshots(
             watermark_us=row["watermark_us"],
             values=values[r],
             lasts=lasts[r],
+            epoch=row["epoch"],
         )
         for r in range(len(reads))
     ]

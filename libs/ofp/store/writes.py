@@ -40,6 +40,12 @@ class CheckpointConflictError(Exception):
     retryable = True
 
 
+class ProjectionChangedError(Exception):
+    """The set of groups the projector applies changed (a revision was staged,
+    activated, rolled back or caught up) since the batch was classified: the
+    batch is rolled back, and classified again with the new set."""
+
+
 class LeaseLostError(Exception):
     """This replica no longer holds the partition's lease token: it must not commit."""
 
@@ -73,64 +79,87 @@ class BatchResult:
 async def record_policy(
     conn: Conn, policy: Policy, required_platform_run_id: str | None
 ) -> list[int]:
-    """Record `policy` as the active revision; return group ids aligned with policy.groups.
+    """Record `policy` and return group ids aligned with policy.groups.
 
-    A (policy_id, revision) already recorded with different content is refused:
+    The first revision recorded becomes active, and so does a revision the
+    database has never seen (the direct path: its new groups start empty; `ofp
+    policy stage` backfills them instead). A revision the database already
+    knows (active, previous, staged or retired) does not change what is
+    active: `ofp policy activate` and `rollback` decide that. A
+    (policy_id, revision) already recorded with different content is refused:
     a revision never changes meaning.
     """
-    content = policy.normalized()
-    run_config = policy.run_config(required_platform_run_id)
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('ofp.active_policy'))")
-        existing = await conn.fetchrow(
-            "SELECT content_digest, run_config_digest FROM policies"
-            " WHERE policy_id = $1 AND revision = $2",
-            policy.policy_id,
-            policy.revision,
-        )
-        digest_now = policy.content_digest
-        run_digest_now = policy.run_config_digest(required_platform_run_id)
-        if existing is None:
+        await lock_policies(conn)
+        known = await record_revision(conn, policy, required_platform_run_id)
+        active = await conn.fetchrow("SELECT policy_id, revision FROM active_policy")
+        if active is None:
             await conn.execute(
-                "INSERT INTO policies (policy_id, revision, content_digest, content,"
-                " run_config_digest, run_config) VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb)",
+                "INSERT INTO active_policy (singleton, policy_id, revision) VALUES (true, $1, $2)",
                 policy.policy_id,
                 policy.revision,
-                digest_now,
-                json.dumps(content),
-                run_digest_now,
-                json.dumps(run_config),
             )
-        elif existing["content_digest"] != digest_now:
-            raise PolicyConflictError(
-                f"policy {policy.policy_id} revision {policy.revision} is already recorded with"
-                " different content; a changed policy needs a new revision"
+        elif not known:
+            await conn.execute(
+                "UPDATE active_policy SET policy_id = $1, revision = $2, activated_at = now(),"
+                " previous_policy_id = policy_id, previous_revision = revision,"
+                " epoch = epoch + 1",
+                policy.policy_id,
+                policy.revision,
             )
-        elif existing["run_config_digest"] != run_digest_now:
-            raise PolicyConflictError(
-                f"policy {policy.policy_id} revision {policy.revision} is recorded with a"
-                " different run filter; one database serves one run configuration per revision"
-            )
-        await conn.execute(
-            "INSERT INTO active_policy (singleton, policy_id, revision) VALUES (true, $1, $2)"
-            " ON CONFLICT (singleton) DO UPDATE SET policy_id = EXCLUDED.policy_id,"
-            " revision = EXCLUDED.revision, activated_at = now()"
-            " WHERE (active_policy.policy_id, active_policy.revision)"
-            " IS DISTINCT FROM (EXCLUDED.policy_id, EXCLUDED.revision)",
-            policy.policy_id,
-            policy.revision,
-        )
         ids = []
         for g in policy.groups:
-            ids.append(await _record_group(conn, g))
+            ids.append(await record_group(conn, g))
     return ids
+
+
+async def lock_policies(conn: Conn) -> None:
+    """Serialize every change of the recorded revisions and of which one is active."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('ofp.active_policy'))")
+
+
+async def record_revision(
+    conn: Conn, policy: Policy, required_platform_run_id: str | None
+) -> bool:
+    """Record the revision (in the caller's transaction); True if it was recorded before."""
+    existing = await conn.fetchrow(
+        "SELECT content_digest, run_config_digest FROM policies"
+        " WHERE policy_id = $1 AND revision = $2",
+        policy.policy_id,
+        policy.revision,
+    )
+    digest_now = policy.content_digest
+    run_digest_now = policy.run_config_digest(required_platform_run_id)
+    if existing is None:
+        await conn.execute(
+            "INSERT INTO policies (policy_id, revision, content_digest, content,"
+            " run_config_digest, run_config) VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb)",
+            policy.policy_id,
+            policy.revision,
+            digest_now,
+            json.dumps(policy.normalized()),
+            run_digest_now,
+            json.dumps(policy.run_config(required_platform_run_id)),
+        )
+        return False
+    if existing["content_digest"] != digest_now:
+        raise PolicyConflictError(
+            f"policy {policy.policy_id} revision {policy.revision} is already recorded with"
+            " different content; a changed policy needs a new revision"
+        )
+    if existing["run_config_digest"] != run_digest_now:
+        raise PolicyConflictError(
+            f"policy {policy.policy_id} revision {policy.revision} is recorded with a"
+            " different run filter; one database serves one run configuration per revision"
+        )
+    return True
 
 
 class PolicyConflictError(ValueError):
     """The policy contradicts what the database recorded; the message names the field."""
 
 
-async def _record_group(conn: Conn, g: FeatureGroup) -> int:
+async def record_group(conn: Conn, g: FeatureGroup) -> int:
     """The group's id; a (name, version) recorded with another meaning is refused.
 
     Stored rows and served values mean what the group's definition says, so a
@@ -277,6 +306,8 @@ async def apply_batch(
     fence: Fence | None = None,
     closes_partition: bool = False,
     max_future_us: int = DEFAULT_MAX_FUTURE_US,
+    epoch: int | None = None,
+    mark_seen: bool = False,
 ) -> BatchResult:
     """Apply `records` in ONE transaction and move the checkpoint start_offset -> next_offset.
 
@@ -289,7 +320,11 @@ async def apply_batch(
     marks a Kinesis shard whose SHARD_END has been reached. Every record gets
     exactly one outcome, the one it would get if the records were applied one
     at a time in offset order: outcomes never depend on the batch size.
-    `scope_cache` is only extended after the commit.
+    `scope_cache` is only extended after the commit. `epoch` is the rollout
+    epoch the records were classified under (`ofp.store.rollout`): a batch
+    classified under another raises ProjectionChangedError. `mark_seen`
+    (while a staged revision is backfilled) records the applied events in
+    `backfill_seen`, so the backfill does not apply them again.
 
     The steps: fence and checkpoint (which also read the retention floor and
     the database clock), the time rules (`ts_in_future`,
@@ -302,7 +337,7 @@ async def apply_batch(
         floor_us, now_us = await _fence_and_move_checkpoint(
             conn, stream=stream, partition=partition, start_offset=start_offset,
             next_offset=next_offset, n_records=len(records), fence=fence,
-            closes_partition=closes_partition,
+            closes_partition=closes_partition, epoch=epoch,
         )
         pins_needed = {
             c.pins for r in records if isinstance(c := r.classified, Candidate)
@@ -331,7 +366,8 @@ async def apply_batch(
 
         valid_ts: list[int] = []
         if candidates:
-            settled = await _settle_and_store(conn, candidates, scopes, group_ids)
+            settled = await _settle_and_store(conn, candidates, scopes, group_ids,
+                                              mark_seen=mark_seen)
             valid_ts = settled.valid_ts
             quarantined.extend(settled.conflicts)
             if settled.applied:
@@ -367,13 +403,15 @@ async def _fence_and_move_checkpoint(
     n_records: int,
     fence: Fence | None,
     closes_partition: bool,
+    epoch: int | None = None,
 ) -> tuple[int | None, int]:
     """Check the fence, move the checkpoint; return (retention floor, database clock µs).
 
     The shared retention lock is taken before the floor is read (in the next
     statement, so in a snapshot taken after the lock): a prune, which takes
     it exclusively, either committed before (its floor is seen) or waits for
-    this batch to commit.
+    this batch to commit. The rollout epoch is read after the lease lock, so a
+    live_from recorded under the lease (rollout.record_live_from) is seen.
     """
     if fence is not None:
         held = await conn.fetchval(
@@ -394,7 +432,8 @@ async def _fence_and_move_checkpoint(
         " last_applied_at = now(), lease_token = $5, closed = closed OR $6"
         " WHERE stream = $1 AND partition = $2 AND next_offset = $4"
         " RETURNING (SELECT retained_from_us FROM retention WHERE stream = $1) AS floor_us,"
-        " (extract(epoch FROM now()) * 1000000)::bigint AS now_us",
+        " (extract(epoch FROM now()) * 1000000)::bigint AS now_us,"
+        " (SELECT epoch FROM active_policy) AS epoch",
         stream,
         partition,
         Decimal(next_offset),
@@ -405,6 +444,11 @@ async def _fence_and_move_checkpoint(
     if moved is None:
         raise CheckpointConflictError(
             f"{stream}/{partition}: checkpoint is not at {start_offset}"
+        )
+    if epoch is not None and moved["epoch"] != epoch:
+        raise ProjectionChangedError(
+            f"{stream}/{partition}: classified under rollout epoch {epoch},"
+            f" the store is at {moved['epoch']}"
         )
     await conn.execute(
         "INSERT INTO checkpoint_commits (stream, partition, token, owner, from_offset,"
@@ -434,6 +478,8 @@ async def _settle_and_store(
     candidates: list[tuple[Record, Candidate]],
     scopes: dict[Pins, int],
     group_ids: list[int],
+    *,
+    mark_seen: bool = False,
 ) -> _Settled:
     """Dedupe settlement and state, judged as if the records came one at a time.
 
@@ -494,6 +540,8 @@ async def _settle_and_store(
                     [k[0] for k in rejected],
                     [k[1] for k in rejected],
                 )
+        if mark_seen:
+            await conn.execute(_INSERT_SEEN)
         await conn.execute(_INSERT_STATE, TILE_US)
         if has_values:
             await conn.execute(_INSERT_VALUES)
@@ -743,6 +791,12 @@ _REJECTED_DEDUPE = (
     "SELECT b.scope_id, b.event_id FROM ofp_batch b WHERE b.first AND NOT EXISTS"
     " (SELECT 1 FROM event_dedupe d WHERE d.scope_id = b.scope_id"
     " AND d.event_id = b.event_id AND d.xmin = pg_current_xact_id()::xid)"
+)
+# The applied events of the batch (the stage holds only those by now), for
+# the backfill of a staged revision (ofp.store.rollout).
+_INSERT_SEEN = (
+    "INSERT INTO backfill_seen (scope_id, event_id) SELECT scope_id, event_id FROM ofp_batch"
+    ' WHERE first ORDER BY scope_id, event_id COLLATE "C" ON CONFLICT DO NOTHING'
 )
 # The staged contributions become feature events, and their exact sums per
 # (key, tile) are folded into the tiles by PostgreSQL: numeric addition there

@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GetFeaturesRequest(_message.Message):
-    __slots__ = ("pins", "as_of_time_utc", "feature_keys", "feature_groups", "graph_resolution_mode", "request_id")
+    __slots__ = ("pins", "as_of_time_utc", "feature_keys", "feature_groups", "graph_resolution_mode", "request_id", "policy_revision")
     PINS_FIELD_NUMBER: _ClassVar[int]
     AS_OF_TIME_UTC_FIELD_NUMBER: _ClassVar[int]
     FEATURE_KEYS_FIELD_NUMBER: _ClassVar[int]
     FEATURE_GROUPS_FIELD_NUMBER: _ClassVar[int]
     GRAPH_RESOLUTION_MODE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_REVISION_FIELD_NUMBER: _ClassVar[int]
     pins: ContextPins
     as_of_time_utc: str
     feature_keys: _containers.RepeatedCompositeFieldContainer[FeatureKey]
     feature_groups: _containers.RepeatedCompositeFieldContainer[FeatureGroupRef]
     graph_resolution_mode: str
     request_id: str
-    def __init__(self, pins: _Optional[_Union[ContextPins, _Mapping]] = ..., as_of_time_utc: _Optional[str] = ..., feature_keys: _Optional[_Iterable[_Union[FeatureKey, _Mapping]]] = ..., feature_groups: _Optional[_Iterable[_Union[FeatureGroupRef, _Mapping]]] = ..., graph_resolution_mode: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    policy_revision: str
+    def __init__(self, pins: _Optional[_Union[ContextPins, _Mapping]] = ..., as_of_time_utc: _Optional[str] = ..., feature_keys: _Optional[_Iterable[_Union[FeatureKey, _Mapping]]] = ..., feature_groups: _Optional[_Iterable[_Union[FeatureGroupRef, _Mapping]]] = ..., graph_resolution_mode: _Optional[str] = ..., request_id: _Optional[str] = ..., policy_revision: _Optional[str] = ...) -> None: ...
 
 class ContextPins(_message.Message):
     __slots__ = ("platform_run_id", "scenario_run_id", "scenario_id", "manifest_fingerprint", "parameter_hash", "seed", "run_id")

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,8 +35,16 @@ from ofp.store.writes import PolicyConflictError
 from ofp_projector.backfill import Backfill
 from ofp_projector.projector import Projector
 from tests.support.harness import get_features, project_once, running_server, settings
+from tests.support.kinesis import (
+    create_stream,
+    kinesis_client,
+    kinesis_endpoint,
+    kinesis_settings,
+    put_partitions,
+)
 from tests.support.streams import BASE_US, HOUR_US, TOPIC, generate, keys_request
 
+__all__ = ["kinesis_endpoint"]
 pytestmark = pytest.mark.integration
 
 PoolFactory = Callable[[], Awaitable[asyncpg.Pool]]
@@ -64,9 +74,11 @@ NEW_GROUP: dict[str, Any] = {
 }
 
 
-def write_revision(tmp: Path, revision: str, *, new_group: bool) -> tuple[Path, Policy]:
+def write_revision(tmp: Path, revision: str, *, new_group: bool,
+                   topic: str = TOPIC) -> tuple[Path, Policy]:
     doc = yaml.safe_load((REPO / "config/features_v0.yaml").read_text())
     doc["revision"] = revision
+    doc["source_topic"] = topic
     if new_group:
         doc["feature_groups"].append(NEW_GROUP)
     path = tmp / f"features_{revision}.yaml"
@@ -345,3 +357,57 @@ async def test_rollout_refusals_name_what_to_do(
         # state is cleared and backfilled again.
         staged = await rollout.stage_policy(conn, r3, None)
         assert staged.new_groups == ["flow_stats v1"]
+
+
+async def test_a_kinesis_backfill_replays_each_shard_from_trim_horizon(
+    pool_factory: PoolFactory, bus_root: Path, tmp_path: Path, kinesis_endpoint: str
+) -> None:
+    """The same rollout over Kinesis (moto's server over HTTP), configured with
+    LATEST: the backfill still reads each shard from TRIM_HORIZON. The new group's values equal those of the same records
+    projected with the new revision from the start on the file-bus."""
+    name = f"ofp-t-{uuid.uuid4().hex[:8]}"
+    stream = generate(71, n_events=300, n_keys=4, n_partitions=2, span_us=SPAN_US)
+    later = generate(72, n_events=80, n_keys=4, n_partitions=2, span_us=SPAN_US)
+    _, r1 = write_revision(tmp_path, "r1", new_group=False, topic=name)
+    _, r2 = write_revision(tmp_path, "r2", new_group=True, topic=name)
+    k_pool = await pool_factory()
+    k_settings = kinesis_settings(kinesis_endpoint, kinesis_get_records_limit=53)
+    async with kinesis_client(kinesis_endpoint) as client:
+        await create_stream(client, name, shards=2)
+        await put_partitions(client, name, stream.partitions)
+        await Projector(k_settings, k_pool, r1).run(once=True)
+        latest = dataclasses.replace(k_settings, kinesis_start_position="LATEST")
+        live = Projector(latest, k_pool, r1)
+        task = asyncio.create_task(live.run())
+        try:
+            async with k_pool.acquire() as conn:
+                await rollout.stage_policy(conn, r2, None)
+            backfill = asyncio.create_task(Backfill(latest, k_pool).run(timeout_s=60))
+            await asyncio.sleep(0.2)
+            await put_partitions(client, name, later.partitions)
+            assert (await backfill).caught_up
+            total = sum(len(p) for p in stream.partitions + later.partitions)
+            for _ in range(1500):
+                done = await k_pool.fetchval(
+                    "SELECT coalesce(sum(records), 0) FROM checkpoint_commits")
+                if done >= total:
+                    break
+                await asyncio.sleep(0.02)
+            async with k_pool.acquire() as conn:
+                await rollout.activate(conn, "r2")
+        finally:
+            live.stop()
+            await asyncio.wait_for(task, 30)
+    merged = [a + b for a, b in zip(stream.partitions, later.partitions, strict=True)]
+    root = tmp_path / "file-bus"
+    for p, lines in enumerate(merged):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / f"partition={p}.jsonl").write_text("".join(x + "\n" for x in lines))
+    keys = stream.keys
+    async with running_server(k_pool, bus_root) as (_, stub):
+        got = await answers(stub, keys, ("flow_stats", "v1"))
+    ref = await pool_factory()
+    await project_once(ref, root, policy=r2)
+    async with running_server(ref, root) as (_, stub):
+        want = await answers(stub, keys, ("flow_stats", "v1"))
+    assert [s["features"] for s in got] == [s["features"] for s in want]

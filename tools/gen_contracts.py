@@ -19,6 +19,8 @@ Mapping rules (schema -> proto3):
   contract's strings exactly (`GREEN`, `file_line`), so no proto enums; validation
   enforces the enumeration;
 - integer -> `optional int64`, or the `x-proto-type` of the property (uint64, uint32...);
+- string with `x-proto-type: google.protobuf.Timestamp` -> that message (its proto3
+  JSON form is the RFC 3339 string the schema describes);
 - boolean -> `optional bool`;
 - array -> `repeated` of the item type;
 - object with properties -> its own top-level message, named by `x-proto-message`
@@ -69,6 +71,7 @@ ROOT_ORDER = (
 )
 SCALAR_PROTO_TYPES = {"int32", "int64", "uint32", "uint64", "sint32", "sint64"}
 STRUCT = "google.protobuf.Struct"
+TIMESTAMP = "google.protobuf.Timestamp"
 
 Schema = dict[str, Any]
 
@@ -124,6 +127,7 @@ class ProtoBuilder:
         self.schemas = schemas
         self.messages: dict[str, ProtoMessage | None] = {}  # None while being built
         self.uses_struct = False
+        self.uses_timestamp = False
 
     def file_message(self, file_name: str) -> str:
         if file_name not in self.schemas:
@@ -162,8 +166,12 @@ class ProtoBuilder:
         if kind is None and isinstance(schema.get("const"), str):
             kind = "string"
         hint = schema.get("x-proto-type")
+        if hint == TIMESTAMP and kind == "string":
+            self.uses_timestamp = True
+            return "", TIMESTAMP
         if hint is not None and kind != "integer":
-            raise ContractSourceError(f"{where}: x-proto-type is only for integers")
+            raise ContractSourceError(
+                f"{where}: x-proto-type is for integers (and {TIMESTAMP} for strings)")
         if kind == "string":
             return "optional", "string"
         if kind == "boolean":
@@ -227,7 +235,11 @@ def render_proto(schemas: dict[str, Schema]) -> str:
         "",
     ]
     if builder.uses_struct:
-        out += ['import "google/protobuf/struct.proto";', ""]
+        out += ['import "google/protobuf/struct.proto";']
+    if builder.uses_timestamp:
+        out += ['import "google/protobuf/timestamp.proto";']
+    if builder.uses_struct or builder.uses_timestamp:
+        out += [""]
     out += [
         "// Point-in-time feature snapshots with provenance.",
         "service FeatureService {",

@@ -56,6 +56,13 @@ class ServerMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
+        self.unknown_fields = Counter(
+            "ofp_request_unknown_fields",
+            "Requests carrying protobuf fields this server does not know (a client built"
+            " from a newer proto): ignored, by message",
+            ["message"],
+            registry=self.registry,
+        )
         for state in ("GREEN", "AMBER", "RED"):  # exported at 0 before the first answer
             self.freshness.labels(state=state)
 
@@ -79,6 +86,10 @@ class ServerMetrics:
             if latency is None:
                 latency = self._latency[code] = self.get_features_seconds.labels(code=code)
             latency.observe(duration_s)
+
+    def request_with_unknown_fields(self, messages: list[str]) -> None:
+        for message in messages:  # a closed set: the request's message names
+            self.unknown_fields.labels(message=message).inc()
 
     def snapshot_statement(self, requests: int) -> None:
         self.statement_requests.observe(requests)

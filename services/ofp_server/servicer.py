@@ -208,6 +208,11 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             _log.exception("rpc_failed", error=type(exc).__name__)
             await _end(context, grpc.StatusCode.INTERNAL, "internal error")
 
+    def _unknown_fields(self, found: dict[str, list[int]]) -> None:
+        """Fields of a newer proto: ignored, as protobuf clients expect; counted."""
+        self.metrics.request_with_unknown_fields(sorted(found))
+        _log.debug("request_unknown_fields", fields=found)
+
     async def _get_status(
         self, request: pb.GetStatusRequest, request_id: str | None
     ) -> pb.GetStatusResponse:
@@ -222,7 +227,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
 
     async def _get_features(self, request: pb.GetFeaturesRequest) -> pb.GetFeaturesResponse:
         req = validate_request_json(
-            request_to_json(request),
+            request_to_json(request, self._unknown_fields),
             max_keys=self.settings.max_keys,
             max_groups=self.settings.max_groups,
         )

@@ -188,6 +188,49 @@ def test_request_is_refused_when_as_of_month_is_13() -> None:
     assert "as_of_time_utc" in error.detail
 
 
+@pytest.mark.parametrize(("text", "canonical"), [
+    ("2026-02-06T12:00:00Z", "2026-02-06T12:00:00.000000Z"),
+    ("2026-02-06T12:00:00.5Z", "2026-02-06T12:00:00.500000Z"),
+    ("2026-02-06T12:00:00.123Z", "2026-02-06T12:00:00.123000Z"),
+    ("2026-02-06T12:00:00.123456Z", "2026-02-06T12:00:00.123456Z"),
+    ("2026-02-06T12:00:00.123456789Z", "2026-02-06T12:00:00.123456Z"),  # truncated
+    ("2026-02-06T12:00:00.999999999+00:00", "2026-02-06T12:00:00.999999Z"),
+    ("2026-02-06t12:00:00z", "2026-02-06T12:00:00.000000Z"),
+])
+def test_as_of_accepts_rfc3339_utc_with_0_to_9_digits_and_states_six(
+    text: str, canonical: str
+) -> None:
+    doc = base_request()
+    doc["as_of_time_utc"] = text
+    assert validate_request_json(doc).as_of_text == canonical
+
+
+@pytest.mark.parametrize("text", [
+    "2026-02-06T12:00:00.1234567890Z", "2026-02-06T12:00:00+01:00", "2026-02-06 12:00:00Z",
+    "2026-02-06T12:00:00", "2026-02-06", "1770379200", "2026-02-06T24:00:00Z", "",
+])
+def test_as_of_refusal_says_what_was_expected_with_an_example(text: str) -> None:
+    doc = base_request()
+    doc["as_of_time_utc"] = text
+    error = refusal(doc)
+    assert error.code == ErrorCode.INVALID_REQUEST
+    assert error.detail.startswith("as_of_time_utc: ")
+    assert "2026-02-06T12:00:00Z" in error.detail and "^" not in error.detail
+
+
+def test_as_of_may_be_a_protobuf_timestamp_instead() -> None:
+    msg = proto_request()
+    msg.ClearField("as_of_time_utc")
+    msg.as_of_time.FromJsonString("2026-02-06T00:00:01.123456789Z")
+    valid = validate_request_json(request_to_json(msg))
+    assert valid.as_of_text == "2026-02-06T00:00:01.123456Z"
+    msg.as_of_time_utc = "2026-02-06T00:00:01Z"
+    assert "not both" in refusal(request_to_json(msg)).detail
+    msg.ClearField("as_of_time_utc")
+    msg.ClearField("as_of_time")
+    assert "as_of_time_utc: required" in refusal(request_to_json(msg)).detail
+
+
 def test_request_is_refused_when_as_of_is_february_30() -> None:
     doc = base_request()
     doc["as_of_time_utc"] = "2026-02-30T00:00:01.000000Z"
@@ -322,7 +365,9 @@ def test_request_to_json_gives_missing_pins_when_seed_is_unset() -> None:
     assert refusal(doc).code == ErrorCode.MISSING_PINS
 
 
-def test_request_to_json_refuses_when_message_has_unknown_fields() -> None:
+def test_request_to_json_ignores_unknown_fields_and_reports_them() -> None:
+    """A client built from a newer proto: its extra fields are ignored (protobuf's
+    evolution rule), and reported by message so the server can count them."""
     # field 999, varint 1: a field this contract does not define
     unknown = b"\xb8\x3e\x01"
     top = feature_service_pb2.GetFeaturesRequest.FromString(
@@ -330,10 +375,16 @@ def test_request_to_json_refuses_when_message_has_unknown_fields() -> None:
     )
     nested = proto_request()
     nested.feature_groups[0].MergeFromString(unknown)
-    for msg in (top, nested):
-        with pytest.raises(ContractError) as caught:
-            request_to_json(msg)
-        assert caught.value.code == ErrorCode.INVALID_REQUEST
+    plain = request_to_json(proto_request())
+    for msg, where in ((top, "GetFeaturesRequest"), (nested, "FeatureGroupRef")):
+        seen: list[dict[str, list[int]]] = []
+        doc = request_to_json(msg, seen.append)
+        assert doc == plain
+        assert seen == [{where: [999]}]
+        assert validate_request_json(doc).keys == (("flow_id", "42"),)
+    quiet: list[dict[str, list[int]]] = []
+    request_to_json(proto_request(), quiet.append)
+    assert quiet == []
 
 
 def test_direct_conversion_covers_every_field_of_the_generated_messages() -> None:
@@ -356,9 +407,12 @@ def any_request(draw: st.DrawFn) -> feature_service_pb2.GetFeaturesRequest:
                     msg.pins.seed = draw(st.integers(0, 2**64 - 1))
                 else:
                     setattr(msg.pins, name, draw(_text))
-    for name in ("as_of_time_utc", "graph_resolution_mode", "request_id"):
+    for name in ("as_of_time_utc", "graph_resolution_mode", "request_id", "policy_revision"):
         if draw(st.booleans()):
             setattr(msg, name, draw(_text))
+    if draw(st.booleans()):
+        msg.as_of_time.seconds = draw(st.integers(-62135596800, 253402300799))
+        msg.as_of_time.nanos = draw(st.integers(0, 999_999_999))
     for _ in range(draw(st.integers(0, 3))):
         key = msg.feature_keys.add()
         for name in ("key_type", "key_id"):
@@ -376,4 +430,4 @@ def any_request(draw: st.DrawFn) -> feature_service_pb2.GetFeaturesRequest:
 def test_direct_conversion_equals_the_generic_printer(
     msg: feature_service_pb2.GetFeaturesRequest,
 ) -> None:
-    assert request_to_json(msg) == request_module._request_to_json_generic(msg)
+    assert request_to_json(msg) == request_module._request_to_json_generic(msg, None)

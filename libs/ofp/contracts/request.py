@@ -16,7 +16,7 @@ Details name the field path and never carry stack traces.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from google.protobuf.unknown_fields import (  # type: ignore[import-untyped,unus
 from ofp.api.v1 import feature_service_pb2
 from ofp.contracts.errors import ContractError, ErrorCode
 from ofp.contracts.schemas import GET_FEATURES_REQUEST, first_error
-from ofp.contracts.timefmt import format_micros, parse_micros
+from ofp.contracts.timefmt import AS_OF_EXPECTED, format_micros, parse_as_of
 
 PIN_NAMES = (
     "platform_run_id",
@@ -85,39 +85,42 @@ _PIN_FIELDS = (*PIN_NAMES, "run_id")
 _DIRECT = (
     _field_names(feature_service_pb2.GetFeaturesRequest)
     == {"pins", "as_of_time_utc", "feature_keys", "feature_groups", "graph_resolution_mode",
-        "request_id", "policy_revision"}
+        "request_id", "policy_revision", "as_of_time"}
     and _field_names(feature_service_pb2.ContextPins) == set(_PIN_FIELDS)
     and _field_names(feature_service_pb2.FeatureKey) == {"key_type", "key_id"}
     and _field_names(feature_service_pb2.FeatureGroupRef) == {"name", "version"}
 )
 
 
-def request_to_json(msg: feature_service_pb2.GetFeaturesRequest) -> dict[str, Any]:
+UnknownFields = Callable[[dict[str, list[int]]], None]
+
+
+def request_to_json(
+    msg: feature_service_pb2.GetFeaturesRequest, on_unknown: UnknownFields | None = None
+) -> dict[str, Any]:
     """The JSON form of a proto request, with `pins.seed` as an int.
 
     Equal to `MessageToDict(msg, preserving_proto_field_name=True)` with the seed read
     back as a number (tests/unit/test_request_validation.py proves it), built field by
     field: this runs for every request, and the generic printer costs more than the
-    rest of validation. A message carrying fields this contract does not know (a
-    newer or foreign client) is refused: unknown fields are rejected, never dropped.
+    rest of validation. Fields this contract does not know (a client built from a
+    newer proto) are ignored, as protobuf's evolution rule expects, and reported to
+    `on_unknown` (message name -> field numbers) so that they are counted.
     """
     if not _DIRECT:
-        return _request_to_json_generic(msg)
-    if len(UnknownFieldSet(msg)):
-        _refuse_unknown(msg)
+        return _request_to_json_generic(msg, on_unknown)
+    unknown = bool(len(UnknownFieldSet(msg)))
     doc: dict[str, Any] = {}
     if msg.HasField("pins"):
         pins = msg.pins
-        if len(UnknownFieldSet(pins)):
-            _refuse_unknown(msg)
+        unknown = unknown or bool(len(UnknownFieldSet(pins)))
         doc["pins"] = {name: getattr(pins, name) for name in _PIN_FIELDS if pins.HasField(name)}
     if msg.HasField("as_of_time_utc"):
         doc["as_of_time_utc"] = msg.as_of_time_utc
     if msg.feature_keys:
         keys = []
         for k in msg.feature_keys:
-            if len(UnknownFieldSet(k)):
-                _refuse_unknown(msg)
+            unknown = unknown or bool(len(UnknownFieldSet(k)))
             if k.HasField("key_type") and k.HasField("key_id"):
                 keys.append({"key_type": k.key_type, "key_id": k.key_id})
             else:
@@ -128,8 +131,7 @@ def request_to_json(msg: feature_service_pb2.GetFeaturesRequest) -> dict[str, An
     if msg.feature_groups:
         groups = []
         for g in msg.feature_groups:
-            if len(UnknownFieldSet(g)):
-                _refuse_unknown(msg)
+            unknown = unknown or bool(len(UnknownFieldSet(g)))
             groups.append(
                 {name: getattr(g, name) for name in ("name", "version") if g.HasField(name)}
             )
@@ -140,21 +142,36 @@ def request_to_json(msg: feature_service_pb2.GetFeaturesRequest) -> dict[str, An
         doc["request_id"] = msg.request_id
     if msg.HasField("policy_revision"):
         doc["policy_revision"] = msg.policy_revision
+    if msg.HasField("as_of_time"):
+        doc["as_of_time"] = _timestamp_text(msg.as_of_time)
+    if unknown and on_unknown is not None:
+        on_unknown(unknown_fields(msg))
     return doc
 
 
-def _refuse_unknown(msg: Message) -> None:
-    """Raise INVALID_REQUEST naming the first message with unknown fields (if any)."""
+def _timestamp_text(ts: Any) -> str:
+    try:
+        text: str = ts.ToJsonString()
+    except ValueError as exc:  # seconds or nanos out of Timestamp's range
+        raise _invalid(f"as_of_time: {exc}") from None
+    return text
+
+
+def unknown_fields(msg: Message) -> dict[str, list[int]]:
+    """Message name -> the field numbers it carries that this contract does not know."""
+    found: dict[str, set[int]] = {}
     for part in _messages(msg):
         unknown = UnknownFieldSet(part)
         if len(unknown):
-            numbers = sorted({field.field_number for field in unknown})
-            where = part.DESCRIPTOR.name
-            raise _invalid(f"{where}: unknown field number(s) {numbers}")
+            found.setdefault(part.DESCRIPTOR.name, set()).update(f.field_number for f in unknown)
+    return {name: sorted(numbers) for name, numbers in found.items()}
 
 
-def _request_to_json_generic(msg: feature_service_pb2.GetFeaturesRequest) -> dict[str, Any]:
-    _refuse_unknown(msg)
+def _request_to_json_generic(
+    msg: feature_service_pb2.GetFeaturesRequest, on_unknown: UnknownFields | None
+) -> dict[str, Any]:
+    if on_unknown is not None and (found := unknown_fields(msg)):
+        on_unknown(found)
     doc: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
     pins = doc.get("pins")
     if isinstance(pins, dict) and isinstance(pins.get("seed"), str):
@@ -178,6 +195,19 @@ def validate_request_json(
                 ErrorCode.MISSING_PINS, "pins: missing " + ", ".join(f"pins.{m}" for m in missing)
             )
 
+    # The as-of first: its error says what was expected, with an example, where the
+    # schema's would quote a regular expression.
+    has_text, has_ts = "as_of_time_utc" in doc, "as_of_time" in doc
+    if has_text and has_ts:
+        raise _invalid("as_of_time_utc and as_of_time: give one of them, not both")
+    if not has_text and not has_ts:
+        raise _invalid(f"as_of_time_utc: required ({AS_OF_EXPECTED}; or as_of_time)")
+    as_of_name = "as_of_time_utc" if has_text else "as_of_time"
+    try:
+        as_of_us = parse_as_of(doc[as_of_name])
+    except ValueError as exc:
+        raise _invalid(f"{as_of_name}: {exc}") from None
+
     error = first_error(GET_FEATURES_REQUEST, doc)
     if error is not None:
         raise _invalid(error)
@@ -189,10 +219,6 @@ def validate_request_json(
             raise _invalid(f"{bad_text}: contains a NUL character or an unpaired surrogate")
 
     # The schema has passed: every shape below is as declared.
-    try:
-        as_of_us = parse_micros(doc["as_of_time_utc"])
-    except ValueError:
-        raise _invalid("as_of_time_utc: not a valid calendar instant") from None
     run_id = pins.get("run_id")
     if run_id is not None and run_id != pins["scenario_run_id"]:
         raise _invalid("pins.run_id: must equal pins.scenario_run_id")
@@ -226,7 +252,7 @@ def _request_texts(doc: dict[str, Any]) -> Iterator[str]:
     for value in doc["pins"].values():
         if isinstance(value, str):
             yield value
-    yield doc["as_of_time_utc"]
+    yield doc.get("as_of_time_utc") or doc["as_of_time"]
     for k in doc["feature_keys"]:
         yield k["key_type"]
         yield k["key_id"]

@@ -62,6 +62,34 @@ def _parse_micros(text: str) -> int:
     return minute_us + second * 1_000_000 + micro
 
 
+_AS_OF_RE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]{1,9}))?(?:[Zz]|\+00:00)",
+    re.ASCII,
+)
+AS_OF_EXPECTED = (
+    "an RFC 3339 UTC timestamp with 0 to 9 fractional digits, such as"
+    " 2026-02-06T12:00:00Z or 2026-02-06T12:00:00.123456Z"
+)
+
+
+def parse_as_of(text: str) -> int:
+    """Microseconds since the epoch of a request's as-of time: any RFC 3339 UTC
+    timestamp (`Z` or `+00:00`) with 0 to 9 fractional digits; digits past the
+    microsecond are truncated (docs/contract.md 4.1). Its canonical form is
+    `format_micros` of the result. Raises ValueError saying what was expected."""
+    match = _AS_OF_RE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"expected {AS_OF_EXPECTED}, got {text!r}")
+    fraction = (match.group(7) or "")[:6].ljust(6, "0")
+    canonical = "{}-{}-{}T{}:{}:{}.{}Z".format(*match.groups()[:6], fraction)
+    try:
+        return _parse_micros(canonical)
+    except ValueError:
+        raise ValueError(f"not a calendar instant: {text!r} (expected {AS_OF_EXPECTED})"
+                         ) from None
+
+
 # Validated `YYYY-MM-DDTHH:MM:` prefixes -> µs since the epoch at that minute.
 _MINUTES: dict[str, int] = {}
 _MINUTES_KEPT = 4096

@@ -1,4 +1,7 @@
+import datetime
+
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -8,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GetFeaturesRequest(_message.Message):
-    __slots__ = ("pins", "as_of_time_utc", "feature_keys", "feature_groups", "graph_resolution_mode", "request_id", "policy_revision")
+    __slots__ = ("pins", "as_of_time_utc", "feature_keys", "feature_groups", "graph_resolution_mode", "request_id", "policy_revision", "as_of_time")
     PINS_FIELD_NUMBER: _ClassVar[int]
     AS_OF_TIME_UTC_FIELD_NUMBER: _ClassVar[int]
     FEATURE_KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +19,7 @@ class GetFeaturesRequest(_message.Message):
     GRAPH_RESOLUTION_MODE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_REVISION_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_TIME_FIELD_NUMBER: _ClassVar[int]
     pins: ContextPins
     as_of_time_utc: str
     feature_keys: _containers.RepeatedCompositeFieldContainer[FeatureKey]
@@ -23,7 +27,8 @@ class GetFeaturesRequest(_message.Message):
     graph_resolution_mode: str
     request_id: str
     policy_revision: str
-    def __init__(self, pins: _Optional[_Union[ContextPins, _Mapping]] = ..., as_of_time_utc: _Optional[str] = ..., feature_keys: _Optional[_Iterable[_Union[FeatureKey, _Mapping]]] = ..., feature_groups: _Optional[_Iterable[_Union[FeatureGroupRef, _Mapping]]] = ..., graph_resolution_mode: _Optional[str] = ..., request_id: _Optional[str] = ..., policy_revision: _Optional[str] = ...) -> None: ...
+    as_of_time: _timestamp_pb2.Timestamp
+    def __init__(self, pins: _Optional[_Union[ContextPins, _Mapping]] = ..., as_of_time_utc: _Optional[str] = ..., feature_keys: _Optional[_Iterable[_Union[FeatureKey, _Mapping]]] = ..., feature_groups: _Optional[_Iterable[_Union[FeatureGroupRef, _Mapping]]] = ..., graph_resolution_mode: _Optional[str] = ..., request_id: _Optional[str] = ..., policy_revision: _Optional[str] = ..., as_of_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ContextPins(_message.Message):
     __slots__ = ("platform_run_id", "scenario_run_id", "scenario_id", "manifest_fingerprint", "parameter_hash", "seed", "run_id")

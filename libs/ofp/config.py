@@ -52,6 +52,14 @@ class Settings:
     # kernel spreads connections): one Python process serves from one core.
     # Off by default so a second server on a taken port fails loudly.
     grpc_reuseport: bool = False
+    # Long-lived client connections (docs/operations.md, "Connections"): after
+    # max age (+ grace for calls in flight) the server sends GOAWAY, so clients
+    # reconnect and spread onto replicas added since; keepalive pings find dead
+    # peers behind load balancers that drop idle connections silently.
+    grpc_max_connection_age_s: int = 300
+    grpc_max_connection_age_grace_s: int = 30
+    grpc_keepalive_time_s: int = 60
+    grpc_keepalive_timeout_s: int = 20
     metrics_port: int | None = None
     # projector
     batch_size: int = 2000
@@ -111,7 +119,9 @@ class Settings:
         if self.max_keys > 100 or self.max_groups > 16:
             raise ConfigError("max_keys may not exceed 100 nor max_groups 16 (contract bounds)")
         for name in ("lease_ttl_s", "kinesis_poll_interval_ms", "kinesis_connect_timeout_ms",
-                     "kinesis_read_timeout_ms"):
+                     "kinesis_read_timeout_ms", "grpc_max_connection_age_s",
+                     "grpc_max_connection_age_grace_s", "grpc_keepalive_time_s",
+                     "grpc_keepalive_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.lease_ttl_s < 2:

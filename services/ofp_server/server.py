@@ -147,6 +147,27 @@ def _bind(server: grpc.aio.Server, address: str,
     return port
 
 
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """How long a client connection lives and how dead peers are found.
+
+    A client (a decision service) holds its channel for hours: without a maximum
+    age, replicas the autoscaler adds receive no traffic from it. After
+    `grpc_max_connection_age_s` the server sends GOAWAY and lets calls in flight
+    finish for the grace period; the client reconnects, through its resolver,
+    to whichever replicas exist then. Clients may ping every 10 s at most,
+    also with no call in flight (a client's own keepalive would otherwise be
+    answered with GOAWAY too_many_pings)."""
+    return [
+        ("grpc.max_connection_age_ms", settings.grpc_max_connection_age_s * 1000),
+        ("grpc.max_connection_age_grace_ms", settings.grpc_max_connection_age_grace_s * 1000),
+        ("grpc.keepalive_time_ms", settings.grpc_keepalive_time_s * 1000),
+        ("grpc.keepalive_timeout_ms", settings.grpc_keepalive_timeout_s * 1000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
 def create_server(settings: Settings, pool: asyncpg.Pool,
                   address: str | None = None, *, metrics: ServerMetrics | None = None,
                   health_address: str | None = None) -> FeatureServer:
@@ -161,6 +182,7 @@ def create_server(settings: Settings, pool: asyncpg.Pool,
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", 16 * settings.max_message_bytes),
         reuseport,
+        *connection_options(settings),
     ]
     credentials = server_credentials(settings)
     server = grpc.aio.server(options=options)

@@ -15,9 +15,14 @@ Usage (from the repository root):
 
 Mapping rules (schema -> proto3):
 - field numbers follow property order in the YAML: append new properties at the end;
-- string (also enum and const) -> `optional string`: the proto JSON must show the
-  contract's strings exactly (`GREEN`, `file_line`), so no proto enums; validation
-  enforces the enumeration;
+- string (also enum and const) -> `optional string`;
+- string with `enum` and `x-proto-enum: Name` -> the proto enum `Name`, whose value
+  names ARE the contract's strings (`GREEN`, `file_line`), so the proto JSON shows
+  exactly the contract's strings (and the snapshot hash recomputed from it is the
+  same), plus `NAME_UNSPECIFIED = 0`; several properties may share one enum, each
+  with all or a subset of its values (the first declaration is the whole list);
+- `x-proto-oneof: name` on properties -> those fields in `oneof name`;
+- `type: 'null'` with `x-proto-type: google.protobuf.NullValue` -> that enum (JSON null);
 - integer -> `optional int64`, or the `x-proto-type` of the property (uint64, uint32...);
 - string with `x-proto-type: google.protobuf.Timestamp` -> that message (its proto3
   JSON form is the RFC 3339 string the schema describes);
@@ -72,6 +77,15 @@ ROOT_ORDER = (
 SCALAR_PROTO_TYPES = {"int32", "int64", "uint32", "uint64", "sint32", "sint64"}
 STRUCT = "google.protobuf.Struct"
 TIMESTAMP = "google.protobuf.Timestamp"
+NULL_VALUE = "google.protobuf.NullValue"
+# Options for the languages the client kit generates (buf.gen.yaml, docs/clients.md).
+FILE_OPTIONS = (
+    'option go_package = "github.com/ofp-dev/ofp/clients/go/ofpv1;ofpv1";',
+    'option java_package = "dev.ofp.api.v1";',
+    "option java_multiple_files = true;",
+    'option java_outer_classname = "FeatureServiceProto";',
+    'option csharp_namespace = "Ofp.Api.V1";',
+)
 
 Schema = dict[str, Any]
 
@@ -109,6 +123,7 @@ class ProtoField:
     label: str  # "optional", "repeated" or "" (message fields have presence already)
     type: str
     doc: str
+    oneof: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +143,7 @@ class ProtoBuilder:
         self.messages: dict[str, ProtoMessage | None] = {}  # None while being built
         self.uses_struct = False
         self.uses_timestamp = False
+        self.enums: dict[str, tuple[str, ...]] = {}
 
     def file_message(self, file_name: str) -> str:
         if file_name not in self.schemas:
@@ -148,8 +164,14 @@ class ProtoBuilder:
             if not isinstance(prop, str) or not prop.isidentifier() or prop != prop.lower():
                 raise ContractSourceError(f"{where}: property {prop!r} is not snake_case")
             label, proto_type = self.field_type(prop_schema, f"{where}: {prop}")
+            oneof = prop_schema.get("x-proto-oneof")
+            if oneof is not None:
+                if label == "repeated":
+                    raise ContractSourceError(f"{where}: {prop}: a oneof field cannot repeat")
+                label = ""
             fields.append(
-                ProtoField(prop, number, label, proto_type, str(prop_schema.get("description", "")))
+                ProtoField(prop, number, label, proto_type, str(prop_schema.get("description", "")),
+                           None if oneof is None else str(oneof))
             )
         built = ProtoMessage(name, str(schema.get("description", "")), tuple(fields))
         previous = self.messages[name]
@@ -169,6 +191,15 @@ class ProtoBuilder:
         if hint == TIMESTAMP and kind == "string":
             self.uses_timestamp = True
             return "", TIMESTAMP
+        if hint == NULL_VALUE and kind == "null":
+            self.uses_struct = True
+            return "", NULL_VALUE
+        enum_name = schema.get("x-proto-enum")
+        if enum_name is not None:
+            values = schema.get("enum")
+            if kind != "string" or not isinstance(values, list) or not values:
+                raise ContractSourceError(f"{where}: x-proto-enum needs a string enum")
+            return "optional", self.enum(str(enum_name), tuple(map(str, values)), where)
         if hint is not None and kind != "integer":
             raise ContractSourceError(
                 f"{where}: x-proto-type is for integers (and {TIMESTAMP} for strings)")
@@ -197,6 +228,16 @@ class ProtoBuilder:
                 raise ContractSourceError(f"{where}: inline object needs x-proto-message")
             return "", self.message(str(name), schema, where)
         raise ContractSourceError(f"{where}: no proto mapping for type {kind!r}")
+
+    def enum(self, name: str, values: tuple[str, ...], where: str) -> str:
+        known = self.enums.get(name)
+        if known is None:
+            self.enums[name] = values
+        elif not set(values) <= set(known):
+            raise ContractSourceError(
+                f"{where}: enum {name} was declared with {list(known)}; later uses may"
+                " list a subset only")
+        return name
 
     @staticmethod
     def strip_nullable(schema: Schema, where: str) -> Schema:
@@ -233,6 +274,8 @@ def render_proto(schemas: dict[str, Schema]) -> str:
         "",
         "package ofp.v1;",
         "",
+        *FILE_OPTIONS,
+        "",
     ]
     if builder.uses_struct:
         out += ['import "google/protobuf/struct.proto";']
@@ -252,7 +295,22 @@ def render_proto(schemas: dict[str, Schema]) -> str:
     for message in builder.messages.values():
         assert message is not None
         out += ["", *comment(message.doc, ""), f"message {message.name} {{"]
+        done_oneofs: set[str] = set()
         for index, fld in enumerate(message.fields):
+            if fld.oneof is not None:
+                if fld.oneof in done_oneofs:
+                    continue
+                done_oneofs.add(fld.oneof)
+                if index:
+                    out.append("")
+                out.append(f"  oneof {fld.oneof} {{")
+                for member in message.fields:
+                    if member.oneof == fld.oneof:
+                        out += comment(member.doc, "    ")
+                        out.append(f'    {member.type} {member.name} = {member.number}'
+                                   f' [json_name = "{member.name}"];')
+                out.append("  }")
+                continue
             if index and fld.doc:
                 out.append("")
             label = f"{fld.label} " if fld.label else ""
@@ -261,7 +319,17 @@ def render_proto(schemas: dict[str, Schema]) -> str:
                 f'  {label}{fld.type} {fld.name} = {fld.number} [json_name = "{fld.name}"];'
             )
         out.append("}")
+    for name, values in builder.enums.items():
+        out += ["", f"// {name}: its value names are the contract's strings.",
+                f"enum {name} {{", f"  {upper_snake(name)}_UNSPECIFIED = 0;"]
+        out += [f"  {value} = {i};" for i, value in enumerate(values, start=1)]
+        out.append("}")
     return "\n".join(out) + "\n"
+
+
+def upper_snake(name: str) -> str:
+    """`HealthState` -> `HEALTH_STATE`."""
+    return "".join(f"_{c}" if c.isupper() and i else c for i, c in enumerate(name)).upper()
 
 
 # --------------------------------------------------------------------------- protoc

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pins-json", required=True, metavar="JSON|@FILE",
                    help="the six ContextPins as JSON, or @file, or @- for stdin")
     p.add_argument("--as-of", required=True, metavar="TS",
-                   help="as-of time, RFC 3339 UTC, 0 to 9 fractional digits (e.g. 2026-02-06T12:00:00Z)")
+                   help="as-of time, RFC 3339 UTC with 0 to 9 fractional digits"
+                        " (e.g. 2026-02-06T12:00:00Z)")
     p.add_argument("--key", action="append", required=True, metavar="TYPE:ID",
                    help="feature key, e.g. flow_id:42 (repeatable)")
     p.add_argument("--group", action="append", required=True, metavar="NAME:VERSION",

@@ -49,6 +49,9 @@ from ofp.store.status import read_status
 from .metrics import ServerMetrics
 
 _log = get_logger("ofp.server")
+# Proto enum numbers -> the contract's strings (their value names), for metric labels.
+_STATE_NAMES = {number: name for name, number in pb.HealthState.items()}
+_FLAG_NAMES = {number: name for name, number in pb.FreshnessFlag.items()}
 ERROR_DOMAIN = "ofp.feature_plane"
 _T = TypeVar("_T")
 
@@ -156,7 +159,8 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 self._get_features(request), context, request_id, outcome
             )
             freshness = response.snapshot.freshness
-            self.metrics.snapshot_served(state=freshness.state, flags=list(freshness.flags))
+            self.metrics.snapshot_served(state=_STATE_NAMES[freshness.state],
+                                         flags=[_FLAG_NAMES[f] for f in freshness.flags])
             return response
 
     async def GetStatus(

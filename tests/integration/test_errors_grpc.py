@@ -81,7 +81,7 @@ def check(
 ) -> None:
     assert err.grpc_code == grpc_code, (err.grpc_code, err.error)
     assert err.error.status == "ERROR"
-    assert err.error.code == code.value, err.error
+    assert err.code == code.value, err.error
     assert err.error.retryable is retryable, err.error
     assert err.info.reason == code.value
     assert err.info.domain
@@ -212,7 +212,7 @@ async def test_error_response_matches_its_schema_when_request_id_is_invalid(
     unknown_group = [{"name": "no_such_group", "version": "v1"}]
     doc = valid_request(request_id=request_id, feature_groups=unknown_group)
     err = await refusal(stub, request_proto(doc))
-    assert err.error.code == ErrorCode.INVALID_REQUEST.value
+    assert err.code == ErrorCode.INVALID_REQUEST.value
     shown = json_format.MessageToDict(err.error, preserving_proto_field_name=True)
     assert first_error(GET_FEATURES_ERROR, shown) is None, shown.get("request_id", "")[:40]
 
@@ -430,8 +430,8 @@ async def test_every_schema_derived_invalid_request_is_refused_when_sent_through
         except grpc.aio.AioRpcError as exc:
             err = rich_error(exc)
             want = expected_code(kind, path)
-            if err.grpc_code != INVALID or err.error.code != want.value:
-                failures.append(f"{label}: {err.grpc_code.name} {err.error.code} (want {want})")
+            if err.grpc_code != INVALID or err.code != want.value:
+                failures.append(f"{label}: {err.grpc_code.name} {err.code} (want {want})")
                 continue
             if err.error.retryable or err.info.reason != want.value:
                 failures.append(f"{label}: retryable={err.error.retryable} {err.info.reason}")
@@ -448,7 +448,7 @@ async def test_every_schema_derived_invalid_request_is_refused_when_sent_through
                 outcomes.append(("OK", ""))
             except grpc.aio.AioRpcError as exc:
                 err = rich_error(exc)
-                outcomes.append((err.grpc_code.name, err.error.code))
+                outcomes.append((err.grpc_code.name, err.code))
         if outcomes[0] != outcomes[1]:
             failures.append(f"{label}: {outcomes[0]}, without the bytes {outcomes[1]}")
     assert not failures, "\n".join(failures)

@@ -201,7 +201,7 @@ async def assert_contract_answer(raw_call: Any, request: bytes) -> str:
         if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and len(request) > MAX_MESSAGE_BYTES:
             return "TOO_LARGE"  # refused by gRPC before the servicer sees it
         err = rich_error(exc)
-        code = ErrorCode(err.error.code)
+        code = ErrorCode(err.code)
         assert GRPC_CODE[code] == exc.code()
         assert err.info.reason == code.value
         assert err.error.status == "ERROR"

@@ -10,6 +10,7 @@ import asyncpg
 import grpc
 import pytest
 
+from ofp.api.v1 import feature_service_pb2 as pb
 from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
 from ofp.contracts.errors import ErrorCode
 from ofp_server.server import create_server
@@ -37,7 +38,7 @@ async def test_server_deadline_answers_unavailable_retryable_when_the_read_block
                 await stub.GetFeatures(request_proto(request()), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         error = rich_error(err.value).error
-        assert error.code == ErrorCode.UNAVAILABLE.value and error.retryable is True
+        assert pb.ErrorCode.Name(error.code) == ErrorCode.UNAVAILABLE.value and error.retryable
         assert "deadline" in error.detail and error.request_id == "lim-1"
         # Unblocked, the same request answers again.
         await stub.GetFeatures(request_proto(request()), timeout=10)

@@ -363,8 +363,9 @@ async def test_a_kinesis_backfill_replays_each_shard_from_trim_horizon(
     pool_factory: PoolFactory, bus_root: Path, tmp_path: Path, kinesis_endpoint: str
 ) -> None:
     """The same rollout over Kinesis (moto's server over HTTP), configured with
-    LATEST: the backfill still reads each shard from TRIM_HORIZON. The new group's values equal those of the same records
-    projected with the new revision from the start on the file-bus."""
+    LATEST: the backfill still reads each shard from TRIM_HORIZON. The new group's
+    values equal those of the same records projected with the new revision from
+    the start on the file-bus."""
     name = f"ofp-t-{uuid.uuid4().hex[:8]}"
     stream = generate(71, n_events=300, n_keys=4, n_partitions=2, span_us=SPAN_US)
     later = generate(72, n_events=80, n_keys=4, n_partitions=2, span_us=SPAN_US)

@@ -32,6 +32,11 @@ class RichError:
     error: pb.ErrorResponse
     info: error_details_pb2.ErrorInfo
 
+    @property
+    def code(self) -> str:
+        """The contract code as its string (the proto enum's value name)."""
+        return pb.ErrorCode.Name(self.error.code)
+
 
 def _details_bytes(metadata: Iterable[Any] | None) -> bytes | None:
     for item in metadata or ():

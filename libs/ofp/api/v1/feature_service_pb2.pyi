@@ -3,12 +3,61 @@ import datetime
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class OffsetKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OFFSET_KIND_UNSPECIFIED: _ClassVar[OffsetKind]
+    kinesis_sequence: _ClassVar[OffsetKind]
+    kafka_offset: _ClassVar[OffsetKind]
+    file_line: _ClassVar[OffsetKind]
+
+class HealthState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HEALTH_STATE_UNSPECIFIED: _ClassVar[HealthState]
+    GREEN: _ClassVar[HealthState]
+    AMBER: _ClassVar[HealthState]
+    RED: _ClassVar[HealthState]
+
+class FreshnessFlag(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FRESHNESS_FLAG_UNSPECIFIED: _ClassVar[FreshnessFlag]
+    STALE_INPUT_BASIS: _ClassVar[FreshnessFlag]
+    MISSING_FEATURE_STATE: _ClassVar[FreshnessFlag]
+    STALE_BY_TTL: _ClassVar[FreshnessFlag]
+
+class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_CODE_UNSPECIFIED: _ClassVar[ErrorCode]
+    MISSING_PINS: _ClassVar[ErrorCode]
+    INVALID_REQUEST: _ClassVar[ErrorCode]
+    NOT_FOUND: _ClassVar[ErrorCode]
+    UNAVAILABLE: _ClassVar[ErrorCode]
+    MISSING_PROVENANCE: _ClassVar[ErrorCode]
+OFFSET_KIND_UNSPECIFIED: OffsetKind
+kinesis_sequence: OffsetKind
+kafka_offset: OffsetKind
+file_line: OffsetKind
+HEALTH_STATE_UNSPECIFIED: HealthState
+GREEN: HealthState
+AMBER: HealthState
+RED: HealthState
+FRESHNESS_FLAG_UNSPECIFIED: FreshnessFlag
+STALE_INPUT_BASIS: FreshnessFlag
+MISSING_FEATURE_STATE: FreshnessFlag
+STALE_BY_TTL: FreshnessFlag
+ERROR_CODE_UNSPECIFIED: ErrorCode
+MISSING_PINS: ErrorCode
+INVALID_REQUEST: ErrorCode
+NOT_FOUND: ErrorCode
+UNAVAILABLE: ErrorCode
+MISSING_PROVENANCE: ErrorCode
 
 class GetFeaturesRequest(_message.Message):
     __slots__ = ("pins", "as_of_time_utc", "feature_keys", "feature_groups", "graph_resolution_mode", "request_id", "policy_revision", "as_of_time")
@@ -125,12 +174,12 @@ class EbOffsetBasis(_message.Message):
     WINDOW_START_UTC_FIELD_NUMBER: _ClassVar[int]
     WINDOW_END_UTC_FIELD_NUMBER: _ClassVar[int]
     stream: str
-    offset_kind: str
+    offset_kind: OffsetKind
     offsets: _containers.RepeatedCompositeFieldContainer[EbOffset]
     basis_digest: str
     window_start_utc: str
     window_end_utc: str
-    def __init__(self, stream: _Optional[str] = ..., offset_kind: _Optional[str] = ..., offsets: _Optional[_Iterable[_Union[EbOffset, _Mapping]]] = ..., basis_digest: _Optional[str] = ..., window_start_utc: _Optional[str] = ..., window_end_utc: _Optional[str] = ...) -> None: ...
+    def __init__(self, stream: _Optional[str] = ..., offset_kind: _Optional[_Union[OffsetKind, str]] = ..., offsets: _Optional[_Iterable[_Union[EbOffset, _Mapping]]] = ..., basis_digest: _Optional[str] = ..., window_start_utc: _Optional[str] = ..., window_end_utc: _Optional[str] = ...) -> None: ...
 
 class EbOffset(_message.Message):
     __slots__ = ("partition", "offset")
@@ -161,12 +210,12 @@ class Freshness(_message.Message):
     STALE_GROUPS_FIELD_NUMBER: _ClassVar[int]
     MISSING_GROUPS_FIELD_NUMBER: _ClassVar[int]
     MISSING_FEATURE_KEYS_FIELD_NUMBER: _ClassVar[int]
-    state: str
-    flags: _containers.RepeatedScalarFieldContainer[str]
+    state: HealthState
+    flags: _containers.RepeatedScalarFieldContainer[FreshnessFlag]
     stale_groups: _containers.RepeatedScalarFieldContainer[str]
     missing_groups: _containers.RepeatedScalarFieldContainer[str]
     missing_feature_keys: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, state: _Optional[str] = ..., flags: _Optional[_Iterable[str]] = ..., stale_groups: _Optional[_Iterable[str]] = ..., missing_groups: _Optional[_Iterable[str]] = ..., missing_feature_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, state: _Optional[_Union[HealthState, str]] = ..., flags: _Optional[_Iterable[_Union[FreshnessFlag, str]]] = ..., stale_groups: _Optional[_Iterable[str]] = ..., missing_groups: _Optional[_Iterable[str]] = ..., missing_feature_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ErrorResponse(_message.Message):
     __slots__ = ("status", "code", "retryable", "detail", "request_id", "served_at_utc")
@@ -177,12 +226,12 @@ class ErrorResponse(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SERVED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
     status: str
-    code: str
+    code: ErrorCode
     retryable: bool
     detail: str
     request_id: str
     served_at_utc: str
-    def __init__(self, status: _Optional[str] = ..., code: _Optional[str] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., request_id: _Optional[str] = ..., served_at_utc: _Optional[str] = ...) -> None: ...
+    def __init__(self, status: _Optional[str] = ..., code: _Optional[_Union[ErrorCode, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., request_id: _Optional[str] = ..., served_at_utc: _Optional[str] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ("stream", "request_id")
@@ -236,7 +285,7 @@ class PartitionStatus(_message.Message):
     LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     partition: int
-    offset_kind: str
+    offset_kind: OffsetKind
     next_offset: str
     event_time_high_utc: str
     last_applied_at_utc: str
@@ -248,7 +297,7 @@ class PartitionStatus(_message.Message):
     closed: bool
     lease_owner: str
     outcomes: OutcomeCounts
-    def __init__(self, partition: _Optional[int] = ..., offset_kind: _Optional[str] = ..., next_offset: _Optional[str] = ..., event_time_high_utc: _Optional[str] = ..., last_applied_at_utc: _Optional[str] = ..., updated_at_utc: _Optional[str] = ..., checkpoint_age_ms: _Optional[int] = ..., lag_records: _Optional[int] = ..., lag_ms: _Optional[int] = ..., lag_observed_at_utc: _Optional[str] = ..., closed: _Optional[bool] = ..., lease_owner: _Optional[str] = ..., outcomes: _Optional[_Union[OutcomeCounts, _Mapping]] = ...) -> None: ...
+    def __init__(self, partition: _Optional[int] = ..., offset_kind: _Optional[_Union[OffsetKind, str]] = ..., next_offset: _Optional[str] = ..., event_time_high_utc: _Optional[str] = ..., last_applied_at_utc: _Optional[str] = ..., updated_at_utc: _Optional[str] = ..., checkpoint_age_ms: _Optional[int] = ..., lag_records: _Optional[int] = ..., lag_ms: _Optional[int] = ..., lag_observed_at_utc: _Optional[str] = ..., closed: _Optional[bool] = ..., lease_owner: _Optional[str] = ..., outcomes: _Optional[_Union[OutcomeCounts, _Mapping]] = ...) -> None: ...
 
 class OutcomeCounts(_message.Message):
     __slots__ = ("applied", "duplicate", "ignored", "quarantined", "by_reason")
@@ -279,10 +328,10 @@ class HealthStatus(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
-    state: str
+    state: HealthState
     reasons: _containers.RepeatedCompositeFieldContainer[HealthReason]
     thresholds: HealthThresholds
-    def __init__(self, state: _Optional[str] = ..., reasons: _Optional[_Iterable[_Union[HealthReason, _Mapping]]] = ..., thresholds: _Optional[_Union[HealthThresholds, _Mapping]] = ...) -> None: ...
+    def __init__(self, state: _Optional[_Union[HealthState, str]] = ..., reasons: _Optional[_Iterable[_Union[HealthReason, _Mapping]]] = ..., thresholds: _Optional[_Union[HealthThresholds, _Mapping]] = ...) -> None: ...
 
 class HealthReason(_message.Message):
     __slots__ = ("code", "state", "detail", "partition")
@@ -291,10 +340,10 @@ class HealthReason(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     code: str
-    state: str
+    state: HealthState
     detail: str
     partition: int
-    def __init__(self, code: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., partition: _Optional[int] = ...) -> None: ...
+    def __init__(self, code: _Optional[str] = ..., state: _Optional[_Union[HealthState, str]] = ..., detail: _Optional[str] = ..., partition: _Optional[int] = ...) -> None: ...
 
 class HealthThresholds(_message.Message):
     __slots__ = ("checkpoint_amber_s", "checkpoint_red_s", "watermark_amber_s", "watermark_red_s", "quarantine_amber")

@@ -25,7 +25,8 @@ Mapping rules (schema -> proto3):
 - `type: 'null'` with `x-proto-type: google.protobuf.NullValue` -> that enum (JSON null);
 - integer -> `optional int64`, or the `x-proto-type` of the property (uint64, uint32...);
 - string with `x-proto-type: google.protobuf.Timestamp` -> that message (its proto3
-  JSON form is the RFC 3339 string the schema describes);
+  JSON form is the RFC 3339 string the schema describes); string with
+  `x-proto-type: int64` (or uint64) -> that integer (its proto3 JSON is a string);
 - boolean -> `optional bool`;
 - array -> `repeated` of the item type;
 - object with properties -> its own top-level message, named by `x-proto-message`
@@ -191,6 +192,10 @@ class ProtoBuilder:
         if hint == TIMESTAMP and kind == "string":
             self.uses_timestamp = True
             return "", TIMESTAMP
+        if hint in ("int64", "uint64") and kind == "string":
+            # proto3 JSON renders a 64-bit integer as its decimal string: the schema
+            # describes that JSON, the proto carries the integer.
+            return "optional", str(hint)
         if hint == NULL_VALUE and kind == "null":
             self.uses_struct = True
             return "", NULL_VALUE

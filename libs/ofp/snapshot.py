@@ -9,7 +9,7 @@ contract's snapshot, freshness and hash. No I/O and no wall clock here, except
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ofp.contracts.errors import ContractError, ErrorCode
 from ofp.contracts.hashing import basis_digest, snapshot_hash
@@ -25,6 +25,37 @@ FLAG_MISSING_FEATURE_STATE = "MISSING_FEATURE_STATE"
 FLAG_STALE_BY_TTL = "STALE_BY_TTL"
 # A window the store returned nothing for: no events, and the canonical zero sum.
 _NO_EVENTS = (0, "0")
+
+# Typed values (docs/clients.md): how each value is typed, and its status.
+PRESENT = "VALUE_STATUS_PRESENT"
+NO_EVENTS_IN_WINDOW = "VALUE_STATUS_NO_EVENTS_IN_WINDOW"
+STALE = "VALUE_STATUS_STALE_BY_TTL"
+INT, DECIMAL, TEXT, LIST, TIME = "int", "decimal", "text", "list", "time"
+_VALUE_TYPE = {
+    "count": INT, "distinct_count": INT, "approx_distinct_count": INT,
+    "first": TEXT, "last": TEXT, "last_n": LIST,
+}
+
+
+class TypedValue(NamedTuple):
+    name: str
+    status: str
+    kind: str  # INT, DECIMAL, TEXT, LIST or TIME: how `value` is typed (None: null)
+    value: Any  # for TIME: µs since the epoch
+    scale: int | None = None
+
+
+class TypedCell(NamedTuple):
+    key_type: str
+    key_id: str
+    group: str
+    version: str
+    last_us: int | None  # None: the key is missing (no event in the longest window)
+    values: tuple[TypedValue, ...]
+
+
+def _status(empty: bool, stale: bool) -> str:
+    return NO_EVENTS_IN_WINDOW if empty else (STALE if stale else PRESENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +180,11 @@ _NO_FEATURE_EVENTS = Intermediate(0, None, None, None, None, None, None, None)
 
 
 def _feature_cell(
-    cell: Cell, row: SnapshotRow, as_of_us: int
+    cell: Cell, row: SnapshotRow, as_of_us: int, typed: list[TypedValue] | None = None
 ) -> tuple[dict[str, Any], bool] | None:
     """A v1 cell's values and whether any feature is stale by its ttl; None: no event
-    of the key within the group's longest window (the key is missing)."""
+    of the key within the group's longest window (the key is missing). With
+    `typed`, the values are also appended to it typed."""
     features = cell.group.features
     assert features is not None
     presence = row.feature_values.get(cell.feature_probes[0])
@@ -163,9 +195,18 @@ def _feature_cell(
     values: dict[str, Any] = {}
     stale = False
     for f, probe in zip(features, cell.feature_probes[1:], strict=True):
-        values[f.name] = finalize(f, row.feature_values.get(probe, _NO_FEATURE_EVENTS), as_of_us)
-        stale = stale or age_us > f.ttl_us
+        w = row.feature_values.get(probe, _NO_FEATURE_EVENTS)
+        value = values[f.name] = finalize(f, w, as_of_us)
+        too_old = age_us > f.ttl_us
+        stale = stale or too_old
+        if typed is not None:
+            kind = _VALUE_TYPE.get(f.agg, DECIMAL)
+            empty = (value is None or value == [] or (kind == INT and value == 0)
+                     or (f.agg == "sum" and not w.n))
+            typed.append(TypedValue(f.name, _status(empty, too_old), kind, value, f.scale))
     values["last_event_ts_utc"] = format_micros(last_us)
+    if typed is not None:
+        typed.append(TypedValue("last_event_ts_utc", PRESENT, TIME, last_us))
     return values, stale
 
 
@@ -177,8 +218,10 @@ def assemble_snapshot(
     stream: str,
     max_basis_lag_us: int,
     created_at_us: int,
+    typed: list[TypedCell] | None = None,
 ) -> dict[str, Any]:
-    """The contract snapshot (JSON form) including its snapshot_hash."""
+    """The contract snapshot (JSON form) including its snapshot_hash; with `typed`,
+    the same values typed, one TypedCell per plan cell, appended to it."""
     check_row(req, plan, row)
     offset_kind = row.offset_kinds[0]
     offsets = [{"partition": p, "offset": o} for p, o in row.offsets]
@@ -204,7 +247,13 @@ def assemble_snapshot(
     for cell in plan.cells:
         label = f"{cell.key_type}:{cell.key_id}"
         if cell.group.features is not None:
-            got = _feature_cell(cell, row, req.as_of_us)
+            typed_values: list[TypedValue] | None = None if typed is None else []
+            got = _feature_cell(cell, row, req.as_of_us, typed_values)
+            if typed is not None:
+                typed.append(TypedCell(
+                    cell.key_type, cell.key_id, cell.group.name, cell.group.version,
+                    None if got is None else row.feature_values[cell.feature_probes[0]].last_ts,
+                    () if typed_values is None or got is None else tuple(typed_values)))
             if got is None:
                 missing_keys.add(label)
                 continue
@@ -217,10 +266,14 @@ def assemble_snapshot(
         last_us = row.lasts.get(cell.index)
         if last_us is None:
             missing_keys.add(label)
+            if typed is not None:
+                typed.append(TypedCell(cell.key_type, cell.key_id, cell.group.name,
+                                       cell.group.version, None, ()))
             continue
         present_groups.add(cell.group.name)
         values: dict[str, Any] = {}
         age_us = req.as_of_us - last_us
+        v0_typed: list[TypedValue] = []
         for win, count_name, sum_name, ttl_us in cell.windows:
             count, total = row.values.get((cell.index, win), _NO_EVENTS)
             values[count_name] = count
@@ -228,7 +281,15 @@ def assemble_snapshot(
             if age_us > ttl_us:
                 flags.add(FLAG_STALE_BY_TTL)
                 stale_groups.add(cell.group.name)
+            if typed is not None:
+                status = _status(not count, age_us > ttl_us)
+                v0_typed.append(TypedValue(count_name, status, INT, count))
+                v0_typed.append(TypedValue(sum_name, status, DECIMAL, total))
         values["last_event_ts_utc"] = format_micros(last_us)
+        if typed is not None:
+            v0_typed.append(TypedValue("last_event_ts_utc", PRESENT, TIME, last_us))
+            typed.append(TypedCell(cell.key_type, cell.key_id, cell.group.name,
+                                   cell.group.version, last_us, tuple(v0_typed)))
         features.setdefault(label, {})[cell.group.name] = values
     if missing_keys:
         flags.add(FLAG_MISSING_FEATURE_STATE)

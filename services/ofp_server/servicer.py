@@ -40,7 +40,7 @@ from ofp.health import Thresholds, status_report
 from ofp.logs import get_logger
 from ofp.model import SnapshotRow, pins_of
 from ofp.policy import Policy
-from ofp.snapshot import assemble_snapshot, plan_read
+from ofp.snapshot import TypedCell, assemble_snapshot, plan_read
 from ofp.store.coalesce import CoalescingReader
 from ofp.store.db import is_transient
 from ofp.store.rollout import Rollout, read_rollout
@@ -241,7 +241,8 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 "graph_resolution_mode require_ieg: no identity graph source is configured",
                 retryable=False,
             )
-        snapshot = await self._snapshot(req)
+        typed: list[TypedCell] = []
+        snapshot = await self._snapshot(req, typed)
         doc: dict[str, Any] = {
             "status": "OK",
             "snapshot": snapshot,
@@ -249,7 +250,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         }
         if req.request_id is not None:
             doc["request_id"] = req.request_id
-        return response_proto(doc)
+        return response_proto(doc, typed)
 
     async def _choose(self, revision: str | None) -> ActivePolicy:
         """The revision a request is planned with: the named one, or the active one."""
@@ -271,7 +272,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             )
         return chosen
 
-    async def _snapshot(self, req: ValidRequest) -> dict[str, Any]:
+    async def _snapshot(self, req: ValidRequest, typed: list[TypedCell]) -> dict[str, Any]:
         for _ in range(3):
             # The plan, the read and the assembly use this one revision: an
             # activation meanwhile does not relabel the request's values.
@@ -316,6 +317,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 stream=stream,
                 max_basis_lag_us=self.settings.max_basis_lag_s * 1_000_000,
                 created_at_us=now_us(),
+                typed=typed,
             )
         raise ContractError(
             ErrorCode.MISSING_PROVENANCE, "the active policy changed during the read; retry"

@@ -18,6 +18,7 @@ from ofp.config import Settings
 from ofp.policy import Policy, load_policy
 from ofp_projector.projector import Projector, Totals
 from ofp_server.server import FeatureServer, create_server
+from tests.support.typed import assert_typed_agrees
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY_PATH = REPO / "config" / "features_v0.yaml"
@@ -73,4 +74,8 @@ def response_json(resp: pb.GetFeaturesResponse) -> dict[str, Any]:
 async def get_features(
     stub: pb_grpc.FeatureServiceStub, doc: dict[str, Any]
 ) -> dict[str, Any]:
-    return response_json(await stub.GetFeatures(request_proto(doc)))
+    """The answer's proto JSON; its typed values are checked against its snapshot on
+    the way (every integration test's answers: tests.support.typed)."""
+    answer = response_json(await stub.GetFeatures(request_proto(doc)))
+    assert_typed_agrees(answer)
+    return answer

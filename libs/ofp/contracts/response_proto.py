@@ -7,15 +7,23 @@ directly. `tests/unit/test_response_proto.py` proves both give the same bytes.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import struct_pb2
 
 from ofp.api.v1 import feature_service_pb2 as pb
 
+if TYPE_CHECKING:
+    from ofp.snapshot import TypedCell
 
-def response_proto(doc: dict[str, Any]) -> pb.GetFeaturesResponse:
-    """`{status, snapshot, served_at_utc, request_id?}` -> proto."""
+_STATUS = {name: number for name, number in pb.ValueStatus.items()}
+
+
+def response_proto(
+    doc: dict[str, Any], typed: Sequence[TypedCell] = ()
+) -> pb.GetFeaturesResponse:
+    """`{status, snapshot, served_at_utc, request_id?}` (and the typed values) -> proto."""
     out = pb.GetFeaturesResponse(status=doc["status"], served_at_utc=doc["served_at_utc"])
     if doc.get("request_id") is not None:
         out.request_id = doc["request_id"]
@@ -75,7 +83,40 @@ def response_proto(doc: dict[str, Any]) -> pb.GetFeaturesResponse:
     for name in ("snapshot_ref", "notes"):
         if snap.get(name) is not None:
             setattr(s, name, snap[name])
+    for cell in typed:
+        _typed_cell(out.typed_features.add(), cell)
     return out
+
+
+def _typed_cell(c: pb.TypedCell, cell: TypedCell) -> None:
+    c.key_type = cell.key_type
+    c.key_id = cell.key_id
+    c.group_name = cell.group
+    c.group_version = cell.version
+    c.present = cell.last_us is not None
+    if cell.last_us is not None:
+        seconds, micros = divmod(cell.last_us, 1_000_000)
+        c.last_event_time.seconds = seconds
+        c.last_event_time.nanos = micros * 1000
+    for tv in cell.values:
+        v = c.features.add(name=tv.name, status=_STATUS[tv.status])
+        value = tv.value
+        if value is None:
+            v.null_value = struct_pb2.NULL_VALUE
+        elif tv.kind == "int":
+            v.int64_value = value
+        elif tv.kind == "decimal":
+            v.decimal_value = value
+            if tv.scale is not None:
+                v.scale = tv.scale
+        elif tv.kind == "text":
+            v.string_value = value
+        elif tv.kind == "list":
+            v.list_value.values.extend(value)
+        else:  # "time": µs since the epoch
+            seconds, micros = divmod(value, 1_000_000)
+            v.timestamp_value.seconds = seconds
+            v.timestamp_value.nanos = micros * 1000
 
 
 def _pins(msg: pb.ContextPins, pins: dict[str, Any]) -> None:

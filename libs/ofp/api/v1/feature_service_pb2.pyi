@@ -32,6 +32,14 @@ class FreshnessFlag(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MISSING_FEATURE_STATE: _ClassVar[FreshnessFlag]
     STALE_BY_TTL: _ClassVar[FreshnessFlag]
 
+class ValueStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VALUE_STATUS_UNSPECIFIED: _ClassVar[ValueStatus]
+    VALUE_STATUS_PRESENT: _ClassVar[ValueStatus]
+    VALUE_STATUS_NO_EVENTS_IN_WINDOW: _ClassVar[ValueStatus]
+    VALUE_STATUS_STALE_BY_TTL: _ClassVar[ValueStatus]
+    VALUE_STATUS_OUTSIDE_RETENTION: _ClassVar[ValueStatus]
+
 class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ERROR_CODE_UNSPECIFIED: _ClassVar[ErrorCode]
@@ -52,6 +60,11 @@ FRESHNESS_FLAG_UNSPECIFIED: FreshnessFlag
 STALE_INPUT_BASIS: FreshnessFlag
 MISSING_FEATURE_STATE: FreshnessFlag
 STALE_BY_TTL: FreshnessFlag
+VALUE_STATUS_UNSPECIFIED: ValueStatus
+VALUE_STATUS_PRESENT: ValueStatus
+VALUE_STATUS_NO_EVENTS_IN_WINDOW: ValueStatus
+VALUE_STATUS_STALE_BY_TTL: ValueStatus
+VALUE_STATUS_OUTSIDE_RETENTION: ValueStatus
 ERROR_CODE_UNSPECIFIED: ErrorCode
 MISSING_PINS: ErrorCode
 INVALID_REQUEST: ErrorCode
@@ -114,16 +127,18 @@ class FeatureGroupRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class GetFeaturesResponse(_message.Message):
-    __slots__ = ("status", "snapshot", "served_at_utc", "request_id")
+    __slots__ = ("status", "snapshot", "served_at_utc", "request_id", "typed_features")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     SERVED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPED_FEATURES_FIELD_NUMBER: _ClassVar[int]
     status: str
     snapshot: FeatureSnapshot
     served_at_utc: str
     request_id: str
-    def __init__(self, status: _Optional[str] = ..., snapshot: _Optional[_Union[FeatureSnapshot, _Mapping]] = ..., served_at_utc: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    typed_features: _containers.RepeatedCompositeFieldContainer[TypedCell]
+    def __init__(self, status: _Optional[str] = ..., snapshot: _Optional[_Union[FeatureSnapshot, _Mapping]] = ..., served_at_utc: _Optional[str] = ..., request_id: _Optional[str] = ..., typed_features: _Optional[_Iterable[_Union[TypedCell, _Mapping]]] = ...) -> None: ...
 
 class FeatureSnapshot(_message.Message):
     __slots__ = ("snapshot_hash", "pins", "as_of_time_utc", "created_at_utc", "feature_groups", "feature_def_policy_rev", "run_config_digest", "eb_offset_basis", "graph_version", "features", "freshness", "snapshot_ref", "notes")
@@ -216,6 +231,52 @@ class Freshness(_message.Message):
     missing_groups: _containers.RepeatedScalarFieldContainer[str]
     missing_feature_keys: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, state: _Optional[_Union[HealthState, str]] = ..., flags: _Optional[_Iterable[_Union[FreshnessFlag, str]]] = ..., stale_groups: _Optional[_Iterable[str]] = ..., missing_groups: _Optional[_Iterable[str]] = ..., missing_feature_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TypedCell(_message.Message):
+    __slots__ = ("key_type", "key_id", "group_name", "group_version", "present", "last_event_time", "features")
+    KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_NAME_FIELD_NUMBER: _ClassVar[int]
+    GROUP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    LAST_EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    key_type: str
+    key_id: str
+    group_name: str
+    group_version: str
+    present: bool
+    last_event_time: _timestamp_pb2.Timestamp
+    features: _containers.RepeatedCompositeFieldContainer[TypedValue]
+    def __init__(self, key_type: _Optional[str] = ..., key_id: _Optional[str] = ..., group_name: _Optional[str] = ..., group_version: _Optional[str] = ..., present: _Optional[bool] = ..., last_event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., features: _Optional[_Iterable[_Union[TypedValue, _Mapping]]] = ...) -> None: ...
+
+class TypedValue(_message.Message):
+    __slots__ = ("name", "status", "int64_value", "decimal_value", "string_value", "timestamp_value", "list_value", "null_value", "scale")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    INT64_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DECIMAL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_VALUE_FIELD_NUMBER: _ClassVar[int]
+    LIST_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NULL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    status: ValueStatus
+    int64_value: int
+    decimal_value: str
+    string_value: str
+    timestamp_value: _timestamp_pb2.Timestamp
+    list_value: StringList
+    null_value: _struct_pb2.NullValue
+    scale: int
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ValueStatus, str]] = ..., int64_value: _Optional[int] = ..., decimal_value: _Optional[str] = ..., string_value: _Optional[str] = ..., timestamp_value: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., list_value: _Optional[_Union[StringList, _Mapping]] = ..., null_value: _Optional[_Union[_struct_pb2.NullValue, str]] = ..., scale: _Optional[int] = ...) -> None: ...
+
+class StringList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ErrorResponse(_message.Message):
     __slots__ = ("status", "code", "retryable", "detail", "request_id", "served_at_utc")

@@ -28,6 +28,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(PY) tools/gen_contracts.py --check
 	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf breaking --against protos/baseline/ofp_v1.binpb
 	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: install

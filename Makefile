@@ -58,7 +58,7 @@ bench: install h2load
 kinesalite: $(KINESALITE)
 
 $(KINESALITE):
-	@command -v npm >/dev/null 2>&1 || { echo "make kinesalite: npm is missing (Debian: apt-get install -y npm)" >&2; exit 1; }
+	@command -v npm >/dev/null 2>&1 || (apt-get update && apt-get install -y npm)
 	npm install --no-audit --no-fund --prefix .tools/kinesalite kinesalite@$(KINESALITE_VERSION)
 	@test -x $(KINESALITE) || { echo "make kinesalite: npm did not install $(KINESALITE)" >&2; exit 1; }
 

@@ -17,6 +17,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -26,6 +27,8 @@ import asyncpg
 import grpc
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
 from ofp.contracts.hashing import verify_response
@@ -34,7 +37,8 @@ from ofp.store import rollout
 from ofp.store.writes import PolicyConflictError
 from ofp_projector.backfill import Backfill
 from ofp_projector.projector import Projector
-from tests.support.harness import get_features, project_once, running_server, settings
+from tests.support.harness import get_features, project_once, running_server
+from tests.support.harness import settings as make_settings
 from tests.support.kinesis import (
     create_stream,
     kinesis_client,
@@ -42,7 +46,7 @@ from tests.support.kinesis import (
     kinesis_settings,
     put_partitions,
 )
-from tests.support.streams import BASE_US, HOUR_US, TOPIC, generate, keys_request
+from tests.support.streams import BASE_US, HOUR_US, TOPIC, Stream, generate, keys_request
 
 __all__ = ["kinesis_endpoint"]
 pytestmark = pytest.mark.integration
@@ -140,7 +144,7 @@ class Traffic:
 @contextlib.asynccontextmanager
 async def live_projector(pool: asyncpg.Pool, bus_root: Path, policy: Policy,
                          **overrides: Any) -> AsyncIterator[Projector]:
-    projector = Projector(settings(bus_root, poll_interval_ms=20, **overrides), pool, policy)
+    projector = Projector(make_settings(bus_root, poll_interval_ms=20, **overrides), pool, policy)
     task = asyncio.create_task(projector.run())
     try:
         yield projector
@@ -208,7 +212,7 @@ async def test_stage_backfill_activate_rollback_while_serving(
         # Events keep arriving while the backfill runs: the live projector
         # applies them to the new group, the backfill the history before.
         backfill = asyncio.create_task(
-            Backfill(settings(bus_root, batch_size=37), pool).run(timeout_s=60))
+            Backfill(make_settings(bus_root, batch_size=37), pool).run(timeout_s=60))
         await asyncio.sleep(0.05)
         append(bus_root, later.partitions)
         progress = await backfill
@@ -308,11 +312,12 @@ async def test_an_event_reaches_the_new_groups_once(
         # another partition: it is marked, so the backfill must skip it.
         first = await conn.fetchrow(
             "SELECT scope_id, event_id FROM event_dedupe ORDER BY event_id LIMIT 1")
+        assert first is not None
         await conn.execute("INSERT INTO backfill_seen VALUES ($1, $2)", first[0], first[1])
         await conn.execute(
             "INSERT INTO backfill_partitions (stream, partition, live_from)"
             " SELECT stream, partition, next_offset FROM checkpoints")
-    progress = await Backfill(settings(bus_root), pool).run(timeout_s=30)
+    progress = await Backfill(make_settings(bus_root), pool).run(timeout_s=30)
     assert progress.caught_up
     applied = await pool.fetchval(
         "SELECT count(DISTINCT event_id) FROM fv_events e JOIN feature_groups g"
@@ -412,3 +417,43 @@ async def test_a_kinesis_backfill_replays_each_shard_from_trim_horizon(
     async with running_server(ref, root) as (_, stub):
         want = await answers(stub, keys, ("flow_stats", "v1"))
     assert [s["features"] for s in got] == [s["features"] for s in want]
+
+
+# One reference per generated stream is projected afresh: a few examples cover
+# the class (stage point, batch sizes, partitions, duplicates across them).
+@pytest.mark.timeout(600)
+@settings(max_examples=4, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), partitions=st.integers(1, 3),
+       staged_after=st.floats(0.0, 1.0), live_batch=st.sampled_from([1, 7, 2000]),
+       backfill_batch=st.sampled_from([1, 5, 2000]))
+async def test_backfill_plus_live_equals_a_projection_from_the_start(
+    pool_factory: PoolFactory, tmp_path: Path, seed: int, partitions: int,
+    staged_after: float, live_batch: int, backfill_batch: int
+) -> None:
+    """Whatever the point at which the revision is staged (some of each partition
+    applied before, the rest after), the batch sizes of the live projector and of
+    the backfill, and the partitioning (duplicates land on other partitions), the
+    new group's answers and hashes equal a projection with the new revision from
+    the start."""
+    root = Path(tempfile.mkdtemp(dir=tmp_path))
+    stream = generate(seed, n_events=120, n_keys=3, n_partitions=partitions, span_us=SPAN_US)
+    cut = [int(len(p) * staged_after) for p in stream.partitions]
+    Stream([p[:c] for p, c in zip(stream.partitions, cut, strict=True)], []).write(root)
+    r_dir = Path(tempfile.mkdtemp(dir=tmp_path))
+    _, r1 = write_revision(r_dir, "r1", new_group=False)
+    _, r2 = write_revision(r_dir, "r2", new_group=True)
+    pool = await pool_factory()
+    await project_once(pool, root, policy=r1, batch_size=live_batch)
+    async with pool.acquire() as conn:
+        await rollout.stage_policy(conn, r2, None)
+    async with live_projector(pool, root, r1, batch_size=live_batch):
+        backfill = asyncio.create_task(
+            Backfill(make_settings(root, batch_size=backfill_batch), pool).run(timeout_s=60))
+        append(root, [p[c:] for p, c in zip(stream.partitions, cut, strict=True)])
+        assert (await backfill).caught_up
+        await drained(pool, root)
+    keys = stream.keys
+    async with running_server(pool, root) as (_, stub):
+        got = await answers(stub, keys, ("flow_stats", "v1"), revision="r2")
+    assert comparable(got) == comparable(await reference(pool_factory, root, r2, keys))

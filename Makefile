@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-dev
 KINESALITE_VERSION := 3.3.3
 KINESALITE := .tools/kinesalite/node_modules/.bin/kinesalite
 
-.PHONY: install run test lint typecheck unit integration protos clean bench h2load kinesalite
+.PHONY: install run test lint typecheck unit integration protos clean bench h2load kinesalite clients
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ run: install
 	$(VENV)/bin/ofp dev
 
 ## make test: lint, type check, then the whole test suite.
-test: lint typecheck h2load kinesalite
+test: lint typecheck h2load kinesalite clients
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: install
@@ -44,6 +44,15 @@ integration: install h2load kinesalite
 ## Regenerate the .proto and the Python stubs from libs/ofp/contracts/rtdl.
 protos: install
 	$(PY) tools/gen_contracts.py
+
+## The example clients in Go, Java and Node/TypeScript (docs/clients.md), generated from
+## protos/ and built here; their tests (tests/clients) run them against a real server.
+## Each script installs what it lacks (Debian packages, npm packages under clients/node)
+## and does nothing when its inputs are unchanged.
+clients: install
+	bash clients/java/build.sh
+	bash clients/go/build.sh
+	bash clients/node/build.sh
 
 ## The load generator of the benchmark suite (Debian 12: nghttp2-client; needs root).
 h2load:

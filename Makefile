@@ -32,7 +32,9 @@ lint: install
 	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: install
-	$(VENV)/bin/mypy libs services tools bench tests
+	$(PY) clients/python/gen_stubs.py
+	$(VENV)/bin/mypy libs services tools bench tests clients/python/ofp_client \
+		clients/python/gen_stubs.py clients/python/setup.py
 
 unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

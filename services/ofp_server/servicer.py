@@ -458,10 +458,17 @@ async def _abort(
     request_id: str | None,
     outcome: _RpcResult,
 ) -> NoReturn:
-    """End the RPC with the contract error as rich details (google.rpc.Status)."""
+    """End the RPC with the contract error as rich details (google.rpc.Status).
+
+    A refusal marked not retryable also carries `grpc-retry-pushback-ms: -1`: a
+    client retry policy keyed on the status code alone (UNAVAILABLE) would retry
+    it, and gRPC's retry design makes a negative pushback mean "do not retry"."""
     outcome.code, outcome.grpc_code = exc.code.value, exc.grpc_code.name
     status = rpc_status.to_status(error_status(exc, request_id))
-    await _end(context, status.code, status.details, status.trailing_metadata)
+    trailers = status.trailing_metadata
+    if not exc.retryable:
+        trailers = (*trailers, ("grpc-retry-pushback-ms", "-1"))
+    await _end(context, status.code, status.details, trailers)
 
 
 async def _end(

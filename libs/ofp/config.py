@@ -56,6 +56,9 @@ class Settings:
     # max age (+ grace for calls in flight) the server sends GOAWAY, so clients
     # reconnect and spread onto replicas added since; keepalive pings find dead
     # peers behind load balancers that drop idle connections silently.
+    # Server processes per pod sharing the port (SO_REUSEPORT) under one supervisor
+    # (ofp-server --workers N; docs/operations.md, "Scale").
+    server_workers: int = 1
     grpc_max_connection_age_s: int = 300
     grpc_max_connection_age_grace_s: int = 30
     grpc_keepalive_time_s: int = 60
@@ -119,7 +122,7 @@ class Settings:
         if self.max_keys > 100 or self.max_groups > 16:
             raise ConfigError("max_keys may not exceed 100 nor max_groups 16 (contract bounds)")
         for name in ("lease_ttl_s", "kinesis_poll_interval_ms", "kinesis_connect_timeout_ms",
-                     "kinesis_read_timeout_ms", "grpc_max_connection_age_s",
+                     "kinesis_read_timeout_ms", "grpc_max_connection_age_s", "server_workers",
                      "grpc_max_connection_age_grace_s", "grpc_keepalive_time_s",
                      "grpc_keepalive_timeout_s"):
             if getattr(self, name) <= 0:

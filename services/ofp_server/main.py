@@ -1,4 +1,8 @@
-"""`ofp-server [--config FILE]`: run the feature server until SIGTERM / SIGINT.
+"""`ofp-server [--config FILE] [--workers N]`: run the feature server until SIGTERM / SIGINT.
+
+With `--workers N` (or `OFP_SERVER_WORKERS`) above 1, N server processes share
+the port under a supervisor (`workers.Supervisor`) that restarts a worker that
+dies and serves the one metrics endpoint.
 
 With `metrics_port` set it also serves Prometheus /metrics (and /healthz, /readyz,
 where ready means grpc.health says SERVING). The database pool starts empty: a
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import signal
 import sys
@@ -22,6 +27,7 @@ from ofp.metrics_http import MetricsEndpoint, serve_metrics
 from ofp.store.db import create_pool, embedded_dsn
 
 from .server import create_server
+from .workers import Supervisor
 
 _log = get_logger("ofp.server")
 
@@ -61,10 +67,24 @@ async def serve(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ofp-server", description=__doc__)
     parser.add_argument("--config", help="YAML settings file (environment overrides it)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="server processes sharing the port (default OFP_SERVER_WORKERS, 1)")
+    # Set by the supervisor on the processes it starts.
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     configure()
     try:
         settings = load_settings(args.config)
+        workers = settings.server_workers if args.workers is None else args.workers
+        if workers < 1:
+            raise ConfigError("--workers must be >= 1")
+        if args.worker:
+            # One of the supervisor's workers: the port is shared, the supervisor
+            # serves the metrics endpoint.
+            settings = dataclasses.replace(settings, grpc_reuseport=True, metrics_port=None)
+        elif workers > 1:
+            worker_argv = [] if args.config is None else ["--config", args.config]
+            return int(uvloop.run(Supervisor(settings, workers, worker_argv).run()))
         uvloop.run(serve(settings))
     except ConfigError as exc:
         print(f"ofp-server: {exc}", file=sys.stderr)

@@ -46,8 +46,10 @@ class ServerMetrics:
         )
         self.serving = Gauge(
             "ofp_server_serving",
-            "1 while grpc.health.v1 reports SERVING (database answers, active policy)",
+            "1 while grpc.health.v1 reports SERVING (database answers, active policy);"
+            " with --workers, the number of live workers that do",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.statement_requests = Histogram(
             "ofp_snapshot_statement_requests",

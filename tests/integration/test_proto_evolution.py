@@ -46,7 +46,7 @@ def newer_stubs(tmp: Path) -> Path:
     out = tmp / "newer"
     out.mkdir()
     (out / "feature_service.proto").write_text(text)
-    import grpc_tools
+    import grpc_tools  # type: ignore[import-untyped]
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     subprocess.run(

@@ -55,12 +55,12 @@ def test_proto_json_validates_against_schema_when_seed_is_read_back_as_number() 
     snap.run_config_digest = "6" * 64
     basis = snap.eb_offset_basis
     basis.stream = "fp.bus.traffic.v1"
-    basis.offset_kind = "file_line"
+    basis.offset_kind = pb.OffsetKind.Value("file_line")
     basis.offsets.add(partition=0, offset="17")
     basis.basis_digest = "7" * 64
     basis.window_end_utc = ts
     snap.features.update({"flow_id:42": {"core_features": {"txn_count_1h": 3, "sum": "12.50"}}})
-    snap.freshness.state = "GREEN"
+    snap.freshness.state = pb.HealthState.Value("GREEN")
 
     doc = json_format.MessageToDict(
         response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True

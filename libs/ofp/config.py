@@ -56,6 +56,8 @@ class Settings:
     # max age (+ grace for calls in flight) the server sends GOAWAY, so clients
     # reconnect and spread onto replicas added since; keepalive pings find dead
     # peers behind load balancers that drop idle connections silently.
+    # Log level of the workloads' JSON lines (DEBUG shows every RPC's line).
+    log_level: str = "INFO"
     # Server processes per pod sharing the port (SO_REUSEPORT) under one supervisor
     # (ofp-server --workers N; docs/operations.md, "Scale").
     server_workers: int = 1
@@ -112,6 +114,9 @@ class Settings:
         return f"Settings(database_url={mask_dsn(self.database_url)!r}, {shown})"
 
     def validate(self) -> Settings:
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not"
+                              f" {self.log_level!r}")
         if self.bus_kind not in ("file", "kinesis"):
             raise ConfigError(f"bus_kind must be 'file' or 'kinesis', not {self.bus_kind!r}")
         for name in ("batch_size", "max_keys", "max_groups", "max_message_bytes", "deadline_ms"):

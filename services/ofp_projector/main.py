@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     configure()
     try:
         settings = load_settings(args.config)
+        configure(settings.log_level.upper())
         return uvloop.run(run(settings, once=args.once))
     except (ConfigError, PolicyError, PolicyConflictError) as exc:
         print(f"ofp-projector: {exc}", file=sys.stderr)

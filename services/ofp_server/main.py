@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     configure()
     try:
         settings = load_settings(args.config)
+        configure(settings.log_level.upper())
         workers = settings.server_workers if args.workers is None else args.workers
         if workers < 1:
             raise ConfigError("--workers must be >= 1")

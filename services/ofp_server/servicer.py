@@ -49,6 +49,9 @@ from ofp.store.status import read_status
 from .metrics import ServerMetrics
 
 _log = get_logger("ofp.server")
+# One OK `rpc_finished` line in this many is logged at info (the rest at debug).
+LOG_SAMPLE_EVERY = 100
+_ok_calls = 0
 # Proto enum numbers -> the contract's strings (their value names), for metric labels.
 _STATE_NAMES = {number: name for name, number in pb.HealthState.items()}
 _FLAG_NAMES = {number: name for name, number in pb.FreshnessFlag.items()}
@@ -403,11 +406,24 @@ class _RpcScope:
                 elif outcome.code == "OK":  # not one of our refusals: say so, invent nothing
                     outcome.code, outcome.grpc_code = "INTERNAL", grpc.StatusCode.INTERNAL.name
             duration_s = time.perf_counter() - self._t0
-            _log.info(
+            # A line per answered call is on the hot path: OK calls log at debug,
+            # with one in LOG_SAMPLE_EVERY at info (the metrics count every call);
+            # every refusal and failure logs at info.
+            global _ok_calls
+            log = _log.info
+            sampled = None
+            if outcome.code == "OK":
+                _ok_calls += 1
+                if _ok_calls % LOG_SAMPLE_EVERY:
+                    log = _log.debug
+                else:
+                    sampled = LOG_SAMPLE_EVERY
+            log(
                 "rpc_finished",
                 code=outcome.code,
                 grpc_code=outcome.grpc_code,
                 duration_ms=round(duration_s * 1000, 3),
+                sampled=sampled,
             )
             self._metrics.rpc_finished(
                 method=self._method, code=outcome.code, grpc_code=outcome.grpc_code,

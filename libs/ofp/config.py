@@ -89,6 +89,8 @@ class Settings:
     max_message_bytes: int = 1 << 20
     deadline_ms: int = 2000
     max_basis_lag_s: int = 300
+    # Read-your-basis: how long a request with a min_basis may wait for it.
+    max_basis_wait_ms: int = 250
     db_pool_max: int = 8
     # Snapshot statements running at once; GetFeatures requests that arrive
     # meanwhile are read together by the next one (ofp.store.coalesce).

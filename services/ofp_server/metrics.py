@@ -65,6 +65,18 @@ class ServerMetrics:
             ["message"],
             registry=self.registry,
         )
+        self.basis_waits = Counter(
+            "ofp_basis_waits",
+            "GetFeatures requests with a min_basis, by whether it was reached in time",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.basis_wait_seconds = Histogram(
+            "ofp_basis_wait_seconds",
+            "Time a request with a min_basis waited for the checkpoints to reach it",
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=self.registry,
+        )
         for state in ("GREEN", "AMBER", "RED"):  # exported at 0 before the first answer
             self.freshness.labels(state=state)
 
@@ -88,6 +100,10 @@ class ServerMetrics:
             if latency is None:
                 latency = self._latency[code] = self.get_features_seconds.labels(code=code)
             latency.observe(duration_s)
+
+    def basis_waited(self, *, met: bool, seconds: float) -> None:
+        self.basis_waits.labels(outcome="met" if met else "timeout").inc()
+        self.basis_wait_seconds.observe(seconds)
 
     def request_with_unknown_fields(self, messages: list[str]) -> None:
         for message in messages:  # a closed set: the request's message names

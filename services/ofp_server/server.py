@@ -72,6 +72,7 @@ class FeatureServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
         await self.service.reader.close()
+        await self.service.close_watchers()
         if self.health_server is not None:
             await self.health_server.stop(0)
         _log.info("server_stopped", port=self.port)

@@ -41,6 +41,7 @@ from ofp.logs import get_logger
 from ofp.model import SnapshotRow, pins_of
 from ofp.policy import Policy
 from ofp.snapshot import TypedCell, assemble_snapshot, plan_read
+from ofp.store.basis import BasisWatcher
 from ofp.store.coalesce import CoalescingReader
 from ofp.store.db import is_transient
 from ofp.store.rollout import Rollout, read_rollout
@@ -140,6 +141,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         self.settings = settings
         self.pool = pool
         self.policies = PolicyCache()
+        self._watchers: dict[str, BasisWatcher] = {}
         self.metrics = metrics if metrics is not None else ServerMetrics()
         self.thresholds = Thresholds.from_settings(settings)
         self.reader = CoalescingReader(
@@ -214,6 +216,35 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             # A bug, never bad input (the fuzz test asserts it): keep the traceback.
             _log.exception("rpc_failed", error=type(exc).__name__)
             await _end(context, grpc.StatusCode.INTERNAL, "internal error")
+
+    async def close_watchers(self) -> None:
+        for watcher in self._watchers.values():
+            await watcher.close()
+        self._watchers.clear()
+
+    async def _wait_for_basis(self, stream: str, want: tuple[tuple[int, int], ...]) -> None:
+        """Read-your-basis: wait (shared, ofp.store.basis) until the checkpoints reach
+        `want`, at most OFP_MAX_BASIS_WAIT_MS; the read that follows starts after, so
+        its snapshot's basis reaches it too."""
+        watcher = self._watchers.get(stream)
+        if watcher is None:
+            watcher = self._watchers[stream] = BasisWatcher(self.pool, stream)
+        t0 = time.perf_counter()
+        met = await watcher.wait(want, self.settings.max_basis_wait_ms / 1000)
+        waited = time.perf_counter() - t0
+        self.metrics.basis_waited(met=met, seconds=waited)
+        if met:
+            return
+        have = watcher.current
+        short = [f"partition {p} at {have.get(p, 'none')}, asked {o}"
+                 for p, o in want if have.get(p, -1) < o]
+        raise ContractError(
+            ErrorCode.UNAVAILABLE,
+            f"min_basis not reached within {self.settings.max_basis_wait_ms} ms: "
+            + "; ".join(short[:8]),
+            retryable=True,
+            basis=tuple(sorted(have.items())),
+        )
 
     def _unknown_fields(self, found: dict[str, list[int]]) -> None:
         """Fields of a newer proto: ignored, as protobuf clients expect; counted."""
@@ -290,6 +321,8 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                     continue
                 raise
             stream = self.settings.bus_stream(policy.source_topic)
+            if req.min_basis:
+                await self._wait_for_basis(stream, req.min_basis)
             row: SnapshotRow | None = await self.reader.read(
                 stream=stream,
                 pins=pins_of(req.pins),
@@ -453,6 +486,8 @@ def error_status(exc: ContractError, request_id: str | None) -> status_pb2.Statu
     )
     if request_id is not None:
         err.request_id = request_id
+    for partition, offset in exc.basis or ():
+        err.current_basis.add(partition=partition, offset=str(offset))
     detail_any = any_pb2.Any()
     detail_any.Pack(err)
     info_any = any_pb2.Any()

@@ -410,6 +410,12 @@ def any_request(draw: st.DrawFn) -> feature_service_pb2.GetFeaturesRequest:
     for name in ("as_of_time_utc", "graph_resolution_mode", "request_id", "policy_revision"):
         if draw(st.booleans()):
             setattr(msg, name, draw(_text))
+    for _ in range(draw(st.integers(0, 2))):
+        o = msg.min_basis.add()
+        if draw(st.booleans()):
+            o.partition = draw(st.integers(0, 2**32 - 1))
+        if draw(st.booleans()):
+            o.offset = draw(_text)
     if draw(st.booleans()):
         msg.as_of_time.seconds = draw(st.integers(-62135596800, 253402300799))
         msg.as_of_time.nanos = draw(st.integers(0, 999_999_999))

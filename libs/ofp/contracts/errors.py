@@ -47,10 +47,13 @@ MAX_DETAIL_CHARS = 2048
 class ContractError(Exception):
     """A refusal with a contract code; `retryable` defaults from the code."""
 
-    def __init__(self, code: ErrorCode, detail: str, *, retryable: bool | None = None) -> None:
+    def __init__(self, code: ErrorCode, detail: str, *, retryable: bool | None = None,
+                 basis: tuple[tuple[int, int], ...] | None = None) -> None:
         self.code = code
         self.detail = detail[:MAX_DETAIL_CHARS]
         self.retryable = _DEFAULT_RETRYABLE[code] if retryable is None else retryable
+        # With a min_basis not reached: (partition, exclusive-next offset) when it ended.
+        self.basis = basis
         super().__init__(f"{code}: {self.detail}")
 
     @property

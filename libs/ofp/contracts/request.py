@@ -55,6 +55,8 @@ class ValidRequest:
     graph_resolution_mode: str = DEFAULT_GRAPH_RESOLUTION_MODE
     request_id: str | None = None
     policy_revision: str | None = None  # None: the active revision answers
+    # Read-your-basis: (partition, exclusive-next offset) the answer's basis must reach.
+    min_basis: tuple[tuple[int, int], ...] = ()
 
 
 def _invalid(detail: str) -> ContractError:
@@ -85,7 +87,7 @@ _PIN_FIELDS = (*PIN_NAMES, "run_id")
 _DIRECT = (
     _field_names(feature_service_pb2.GetFeaturesRequest)
     == {"pins", "as_of_time_utc", "feature_keys", "feature_groups", "graph_resolution_mode",
-        "request_id", "policy_revision", "as_of_time"}
+        "request_id", "policy_revision", "as_of_time", "min_basis"}
     and _field_names(feature_service_pb2.ContextPins) == set(_PIN_FIELDS)
     and _field_names(feature_service_pb2.FeatureKey) == {"key_type", "key_id"}
     and _field_names(feature_service_pb2.FeatureGroupRef) == {"name", "version"}
@@ -144,6 +146,13 @@ def request_to_json(
         doc["policy_revision"] = msg.policy_revision
     if msg.HasField("as_of_time"):
         doc["as_of_time"] = _timestamp_text(msg.as_of_time)
+    if msg.min_basis:
+        basis = []
+        for o in msg.min_basis:
+            unknown = unknown or bool(len(UnknownFieldSet(o)))
+            basis.append({name: getattr(o, name) for name in ("partition", "offset")
+                          if o.HasField(name)})
+        doc["min_basis"] = basis
     if unknown and on_unknown is not None:
         on_unknown(unknown_fields(msg))
     return doc
@@ -244,7 +253,21 @@ def validate_request_json(
         graph_resolution_mode=doc.get("graph_resolution_mode", DEFAULT_GRAPH_RESOLUTION_MODE),
         request_id=doc.get("request_id"),
         policy_revision=doc.get("policy_revision"),
+        min_basis=_min_basis(doc.get("min_basis") or ()),
     )
+
+
+def _min_basis(items: Any) -> tuple[tuple[int, int], ...]:
+    """The schema has passed: partitions are uint32, offsets 1..128 characters."""
+    out: dict[int, int] = {}
+    for i, item in enumerate(items):
+        offset = item["offset"]
+        if not (offset.isascii() and offset.isdigit()):
+            raise _invalid(f"min_basis[{i}].offset: must be a decimal exclusive-next offset")
+        if item["partition"] in out:
+            raise _invalid(f"min_basis[{i}].partition: partition {item['partition']} twice")
+        out[item["partition"]] = int(offset)
+    return tuple(sorted(out.items()))
 
 
 def _request_texts(doc: dict[str, Any]) -> Iterator[str]:
@@ -259,6 +282,8 @@ def _request_texts(doc: dict[str, Any]) -> Iterator[str]:
     for g in doc["feature_groups"]:
         yield g["name"]
         yield g["version"]
+    for item in doc.get("min_basis") or ():
+        yield item["offset"]
     for name in ("graph_resolution_mode", "request_id", "policy_revision"):
         if name in doc:
             yield doc[name]

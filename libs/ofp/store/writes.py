@@ -433,7 +433,10 @@ async def _fence_and_move_checkpoint(
         " WHERE stream = $1 AND partition = $2 AND next_offset = $4"
         " RETURNING (SELECT retained_from_us FROM retention WHERE stream = $1) AS floor_us,"
         " (extract(epoch FROM now()) * 1000000)::bigint AS now_us,"
-        " (SELECT epoch FROM active_policy) AS epoch",
+        " (SELECT epoch FROM active_policy) AS epoch,"
+        # Delivered at commit: servers waiting for a basis re-read the
+        # checkpoints (ofp.store.basis).
+        " pg_notify('ofp_checkpoints', $1) AS notified",
         stream,
         partition,
         Decimal(next_offset),

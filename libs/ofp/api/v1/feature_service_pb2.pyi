@@ -73,7 +73,7 @@ UNAVAILABLE: ErrorCode
 MISSING_PROVENANCE: ErrorCode
 
 class GetFeaturesRequest(_message.Message):
-    __slots__ = ("pins", "as_of_time_utc", "feature_keys", "feature_groups", "graph_resolution_mode", "request_id", "policy_revision", "as_of_time")
+    __slots__ = ("pins", "as_of_time_utc", "feature_keys", "feature_groups", "graph_resolution_mode", "request_id", "policy_revision", "as_of_time", "min_basis")
     PINS_FIELD_NUMBER: _ClassVar[int]
     AS_OF_TIME_UTC_FIELD_NUMBER: _ClassVar[int]
     FEATURE_KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class GetFeaturesRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_REVISION_FIELD_NUMBER: _ClassVar[int]
     AS_OF_TIME_FIELD_NUMBER: _ClassVar[int]
+    MIN_BASIS_FIELD_NUMBER: _ClassVar[int]
     pins: ContextPins
     as_of_time_utc: str
     feature_keys: _containers.RepeatedCompositeFieldContainer[FeatureKey]
@@ -90,7 +91,8 @@ class GetFeaturesRequest(_message.Message):
     request_id: str
     policy_revision: str
     as_of_time: _timestamp_pb2.Timestamp
-    def __init__(self, pins: _Optional[_Union[ContextPins, _Mapping]] = ..., as_of_time_utc: _Optional[str] = ..., feature_keys: _Optional[_Iterable[_Union[FeatureKey, _Mapping]]] = ..., feature_groups: _Optional[_Iterable[_Union[FeatureGroupRef, _Mapping]]] = ..., graph_resolution_mode: _Optional[str] = ..., request_id: _Optional[str] = ..., policy_revision: _Optional[str] = ..., as_of_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    min_basis: _containers.RepeatedCompositeFieldContainer[EbOffset]
+    def __init__(self, pins: _Optional[_Union[ContextPins, _Mapping]] = ..., as_of_time_utc: _Optional[str] = ..., feature_keys: _Optional[_Iterable[_Union[FeatureKey, _Mapping]]] = ..., feature_groups: _Optional[_Iterable[_Union[FeatureGroupRef, _Mapping]]] = ..., graph_resolution_mode: _Optional[str] = ..., request_id: _Optional[str] = ..., policy_revision: _Optional[str] = ..., as_of_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., min_basis: _Optional[_Iterable[_Union[EbOffset, _Mapping]]] = ...) -> None: ...
 
 class ContextPins(_message.Message):
     __slots__ = ("platform_run_id", "scenario_run_id", "scenario_id", "manifest_fingerprint", "parameter_hash", "seed", "run_id")
@@ -125,6 +127,14 @@ class FeatureGroupRef(_message.Message):
     name: str
     version: str
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class EbOffset(_message.Message):
+    __slots__ = ("partition", "offset")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    offset: str
+    def __init__(self, partition: _Optional[int] = ..., offset: _Optional[str] = ...) -> None: ...
 
 class GetFeaturesResponse(_message.Message):
     __slots__ = ("status", "snapshot", "served_at_utc", "request_id", "typed_features")
@@ -195,14 +205,6 @@ class EbOffsetBasis(_message.Message):
     window_start_utc: str
     window_end_utc: str
     def __init__(self, stream: _Optional[str] = ..., offset_kind: _Optional[_Union[OffsetKind, str]] = ..., offsets: _Optional[_Iterable[_Union[EbOffset, _Mapping]]] = ..., basis_digest: _Optional[str] = ..., window_start_utc: _Optional[str] = ..., window_end_utc: _Optional[str] = ...) -> None: ...
-
-class EbOffset(_message.Message):
-    __slots__ = ("partition", "offset")
-    PARTITION_FIELD_NUMBER: _ClassVar[int]
-    OFFSET_FIELD_NUMBER: _ClassVar[int]
-    partition: int
-    offset: str
-    def __init__(self, partition: _Optional[int] = ..., offset: _Optional[str] = ...) -> None: ...
 
 class GraphVersion(_message.Message):
     __slots__ = ("version_id", "watermark_ts_utc", "stream", "basis_digest", "computed_at_utc")
@@ -279,20 +281,22 @@ class StringList(_message.Message):
     def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ErrorResponse(_message.Message):
-    __slots__ = ("status", "code", "retryable", "detail", "request_id", "served_at_utc")
+    __slots__ = ("status", "code", "retryable", "detail", "request_id", "served_at_utc", "current_basis")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SERVED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_BASIS_FIELD_NUMBER: _ClassVar[int]
     status: str
     code: ErrorCode
     retryable: bool
     detail: str
     request_id: str
     served_at_utc: str
-    def __init__(self, status: _Optional[str] = ..., code: _Optional[_Union[ErrorCode, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., request_id: _Optional[str] = ..., served_at_utc: _Optional[str] = ...) -> None: ...
+    current_basis: _containers.RepeatedCompositeFieldContainer[EbOffset]
+    def __init__(self, status: _Optional[str] = ..., code: _Optional[_Union[ErrorCode, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., request_id: _Optional[str] = ..., served_at_utc: _Optional[str] = ..., current_basis: _Optional[_Iterable[_Union[EbOffset, _Mapping]]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ("stream", "request_id")

@@ -21,6 +21,9 @@ VALUE_KINDS = frozenset(
     {"first", "last", "last_n", "distinct_count", "approx_distinct_count"})
 KINDS = NUMERIC_KINDS | VALUE_KINDS | {"count", "seconds_since_last"}
 SCALED_KINDS = frozenset({"mean", "variance", "stddev"})
+# The kinds whose answer reads the window aggregate (`Intermediate` n, s, s2, mn,
+# mx); the store computes it for these only (docs/features.md, "Cost").
+AGGREGATE_KINDS = NUMERIC_KINDS | {"count"}
 # Specified, not built yet: refused with a message that says so.
 PLANNED_KINDS: frozenset[str] = frozenset()
 # What the store keeps of a value besides its text: a distinct set, or a sketch.
@@ -350,7 +353,12 @@ def value_text(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Intermediate:
-    """What the store returns for one feature over one window."""
+    """What the store returns for one feature over one window.
+
+    n, s, s2, mn and mx are read for `AGGREGATE_KINDS` only (0 and None for the
+    others); first_val, last_ts and last_val only when the kind asks for them,
+    and then they are None exactly when the window has no event of the feature.
+    """
 
     n: int
     s: Decimal | None
@@ -375,10 +383,12 @@ def finalize(feature: Feature, w: Intermediate, as_of_us: int) -> Any:
         if w.last_ts is None:
             return None
         return decimal_text(Decimal(as_of_us - w.last_ts).scaleb(-6))
+    # The earliest / latest event's value: None when the window has none (the
+    # store keeps a value for every event of these kinds, so it is never None else).
     if agg == "first":
-        return w.first_val if w.n else None
+        return w.first_val
     if agg == "last":
-        return w.last_val if w.n else None
+        return w.last_val
     if agg == "last_n":
         return list(w.last_values)
     if agg in ("distinct_count", "approx_distinct_count"):

@@ -67,6 +67,9 @@ class FeatureProbe:
     last_n: int = 0  # last_n: how many of the newest values to read
     distinct: bool = False  # distinct_count: count the window's distinct values
     sketch: bool = False  # approx_distinct_count: unite the window's sketches
+    # count and the numeric kinds: read the window aggregate (n, s, s2, mn, mx) over
+    # its tiles. Other kinds leave it out: their read then costs what they use.
+    aggregate: bool = True
 
 
 @dataclass(frozen=True, slots=True)

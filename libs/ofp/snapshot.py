@@ -15,7 +15,7 @@ from ofp.contracts.errors import ContractError, ErrorCode
 from ofp.contracts.hashing import basis_digest, snapshot_hash
 from ofp.contracts.request import ValidRequest
 from ofp.contracts.timefmt import format_micros
-from ofp.features import Intermediate, finalize
+from ofp.features import AGGREGATE_KINDS, Intermediate, finalize
 from ofp.model import FeatureProbe, ReadProbes, SnapshotRow
 from ofp.policy import FeatureGroup, Policy
 from ofp.windows import FeatureWindowProbe, WindowProbe, feature_window_probe, window_probe
@@ -135,13 +135,16 @@ def plan_read(req: ValidRequest, policy: Policy, group_ids: dict[tuple[str, str]
             gid, wins = group_slots[g.name]
             if g.features is not None:
                 first = len(feature_probes)
+                # Presence needs the latest event only (`_feature_cell`).
                 feature_probes.append(FeatureProbe(
-                    gid, key_id, 0, feature_window(g.max_window_us), False, True))
+                    gid, key_id, 0, feature_window(g.max_window_us), False, True,
+                    aggregate=False))
                 feature_probes.extend(
                     FeatureProbe(gid, key_id, j, feature_window(f.window_us),
                                  f.agg == "first", f.agg in ("last", "seconds_since_last"),
                                  f.n or 0, f.agg == "distinct_count",
-                                 f.agg == "approx_distinct_count")
+                                 f.agg == "approx_distinct_count",
+                                 f.agg in AGGREGATE_KINDS)
                     for j, f in enumerate(g.features, 1)
                 )
                 cells.append(Cell(key_type, key_id, g, -1, (),

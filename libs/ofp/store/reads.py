@@ -20,7 +20,7 @@ import asyncpg
 from ofp.features import Intermediate
 from ofp.model import FeatureProbe, Pins, ReadProbes, SnapshotRow
 from ofp.store import sketches
-from ofp.windows import HOUR_US, MINUTE_US, WindowProbe
+from ofp.windows import DAY_US, HOUR_US, MINUTE_US, WindowProbe
 
 # The watermark of a stream's checkpoint rows (contract 4.3 as amended): the least
 # event-time high mark over OPEN partitions that hold a valid record. A closed
@@ -280,11 +280,14 @@ async def _read_with_features(
                 [x.last_n for x in probes],
                 [x.distinct for x in probes],
                 [x.sketch for x in probes],
+                [x.aggregate for x in probes],
+                [x.d0_us for x in w],
+                [x.d1_us for x in w],
             )
             for res in results:
                 r, i = owner[int(res["i"]) - 1]
                 found[r][i] = Intermediate(
-                    n=int(res["n"]), s=res["s"], s2=res["s2"], mn=res["mn"], mx=res["mx"],
+                    n=int(res["n"] or 0), s=res["s"], s2=res["s2"], mn=res["mn"], mx=res["mx"],
                     first_val=res["first_val"], last_ts=res["last_ts"],
                     last_val=res["last_val"], last_values=tuple(res["last_values"] or ()),
                     distinct=(sketches.estimate([bytes(b) for b in res["sketches"] or ()],
@@ -296,15 +299,22 @@ async def _read_with_features(
 
 
 def _feature_sources(select_tiles: str, select_events: str, *,
-                     earliest: bool | None = None, tiles_table: str = "fv_tiles") -> str:
-    """UNION ALL of a probe's hour tiles, minute tiles and edge events (p: the probe)."""
+                     earliest: bool | None = None, tiles_table: str = "fv_tiles",
+                     days: bool = False) -> str:
+    """UNION ALL of a probe's hour tiles, minute tiles and edge events (p: the probe);
+    with `days`, day tiles for the whole days and hour tiles around them."""
     key = ("scope_id = p.sc AND {a}.group_id = p.g AND {a}.key_id = p.k"
            " AND {a}.feature = p.f")
     tiles = f"FROM {tiles_table} t WHERE t.{key.format(a='t')}"
     events = f"FROM fv_events e WHERE e.{key.format(a='e')}"
+    hours = [("p.h0", "p.h1")]
+    if days:
+        hours = [("p.h0", "p.d0"), ("p.d1", "p.h1")]
     parts = [
-        f"SELECT {select_tiles} {tiles} AND t.tile_us = {HOUR_US}"
-        " AND t.tile_start_us >= p.h0 AND t.tile_start_us < p.h1",
+        *(f"SELECT {select_tiles} {tiles} AND t.tile_us = {DAY_US}"
+          " AND t.tile_start_us >= p.d0 AND t.tile_start_us < p.d1" for _ in range(days)),
+        *(f"SELECT {select_tiles} {tiles} AND t.tile_us = {HOUR_US}"
+          f" AND t.tile_start_us >= {a} AND t.tile_start_us < {b}" for a, b in hours),
         f"SELECT {select_tiles} {tiles} AND t.tile_us = {MINUTE_US}"
         " AND t.tile_start_us >= p.m0 AND t.tile_start_us < p.h0",
         f"SELECT {select_tiles} {tiles} AND t.tile_us = {MINUTE_US}"
@@ -315,43 +325,90 @@ def _feature_sources(select_tiles: str, select_events: str, *,
     if earliest is not None:
         # Only the earliest (or latest) candidate of each source.
         d = "" if earliest else " DESC"
-        parts = [f"({x} ORDER BY t.tile_start_us{d} LIMIT 1)" for x in parts[:3]] + [
-            f"({x} ORDER BY e.ts_us{d}, e.event_id{d} LIMIT 1)" for x in parts[3:]]
+        parts = [f"({x} ORDER BY t.tile_start_us{d} LIMIT 1)" for x in parts[:-2]] + [
+            f"({x} ORDER BY e.ts_us{d}, e.event_id{d} LIMIT 1)" for x in parts[-2:]]
     return " UNION ALL ".join(parts)
+
+
+def _sketch_sources() -> str:
+    """UNION ALL of an approx_distinct_count probe's sketches and edge values.
+
+    Day sketches for the window's whole days, hour sketches for its whole hours
+    around them, minute sketches and edge events as for every kind: a 7-day
+    window unites at most 6 + 46 + 118 sketches. A day without a day sketch
+    (state written before migration 0008 added them) is read from its hour
+    sketches; a day sketch is only ever created whole
+    (`ofp.store.writes._new_day_sketches`), so either is the whole day. The CASE
+    reads the hours only for such a day: one index probe per whole day otherwise.
+    """
+    key = "t.scope_id = p.sc AND t.group_id = p.g AND t.key_id = p.k AND t.feature = p.f"
+    tiles = f"SELECT t.sketch, NULL::text FROM fv_sketches t WHERE {key}"
+    events = f"SELECT NULL::bytea, e.val FROM fv_events e WHERE {key.replace('t.', 'e.')}"
+    return " UNION ALL ".join([
+        f"SELECT x.sketch, NULL::text FROM generate_series(p.d0, p.d1 - {DAY_US},"
+        f" {DAY_US}::bigint) AS d(start)"
+        f" LEFT JOIN fv_sketches ds ON {key.replace('t.', 'ds.')} AND ds.tile_us = {DAY_US}"
+        " AND ds.tile_start_us = d.start"
+        " CROSS JOIN LATERAL unnest(CASE WHEN ds.sketch IS NOT NULL THEN ARRAY[ds.sketch]"
+        f" ELSE ARRAY({tiles.replace(', NULL::text', '')} AND t.tile_us = {HOUR_US}"
+        f" AND t.tile_start_us >= d.start AND t.tile_start_us < d.start + {DAY_US}) END)"
+        " AS x(sketch)",
+        f"{tiles} AND t.tile_us = {HOUR_US} AND t.tile_start_us >= p.h0"
+        " AND t.tile_start_us < p.d0",
+        f"{tiles} AND t.tile_us = {HOUR_US} AND t.tile_start_us >= p.d1"
+        " AND t.tile_start_us < p.h1",
+        f"{tiles} AND t.tile_us = {MINUTE_US} AND t.tile_start_us >= p.m0"
+        " AND t.tile_start_us < p.h0",
+        f"{tiles} AND t.tile_us = {MINUTE_US} AND t.tile_start_us >= p.h1"
+        " AND t.tile_start_us < p.m1",
+        f"{events} AND e.ts_us > p.lo AND e.ts_us < p.m0",
+        f"{events} AND e.ts_us >= p.m1 AND e.ts_us <= p.hi",
+    ])
 
 
 # One row per v1 feature probe: the window's count, exact sum and sum of
 # squares, min, max, and (when asked) the value of its earliest event and the
 # time and value of its latest, by (ts_us, event_id). Tiles are disjoint in
 # time, so the earliest tile of a range holds the range's earliest event.
+#
+# Each part is read only for the probes whose kind uses it: the `WHERE p.<flag>`
+# inside each lateral becomes a one-time filter that skips the part's scans
+# (the `ON p.<flag>` alone would only discard their result, after reading it).
 FEATURE_VALUES_SQL = f"""
 WITH p AS (
     SELECT * FROM unnest($1::integer[], $2::smallint[], $3::text[], $4::smallint[],
                          $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[],
                          $9::bigint[], $10::bigint[], $11::boolean[], $12::boolean[],
-                         $13::integer[], $14::boolean[], $15::boolean[])
-        WITH ORDINALITY AS p(sc, g, k, f, lo, hi, m0, h0, h1, m1, nf, nl, nn, nd, na, i)
+                         $13::integer[], $14::boolean[], $15::boolean[], $16::boolean[],
+                         $17::bigint[], $18::bigint[])
+        WITH ORDINALITY AS p(sc, g, k, f, lo, hi, m0, h0, h1, m1, nf, nl, nn, nd, na, ag,
+                             d0, d1, i)
 )
 SELECT p.i, a.n, a.s, a.s2, a.mn, a.mx, fst.val AS first_val, lst.ts AS last_ts,
        lst.val AS last_val, ln.vals AS last_values, dc.d AS distinct_n,
        hl.sketches, hl.edge_values
 FROM p
-CROSS JOIN LATERAL (
+-- The window aggregate, for the kinds that use it (FeatureProbe.aggregate): the
+-- others would pay a sum over up to 286 tiles for nothing.
+LEFT JOIN LATERAL (
     SELECT coalesce(sum(u.n), 0)::bigint AS n, sum(u.s) AS s, sum(u.s2) AS s2,
            min(u.mn) AS mn, max(u.mx) AS mx
     FROM ({_feature_sources("t.n, t.s, t.s2, t.mn, t.mx",
                             "1, e.num, e.num * e.num, e.num, e.num")}) u(n, s, s2, mn, mx)
-) a
+    WHERE p.ag
+) a ON p.ag
 LEFT JOIN LATERAL (
     SELECT c.val FROM ({_feature_sources(
         "t.first_ts, t.first_eid, t.first_val", "e.ts_us, e.event_id, e.val",
         earliest=True)}) c(ts, eid, val)
+    WHERE p.nf
     ORDER BY c.ts, c.eid COLLATE "C" LIMIT 1
 ) fst ON p.nf
 LEFT JOIN LATERAL (
     SELECT c.ts, c.val FROM ({_feature_sources(
         "t.last_ts, t.last_eid, t.last_val", "e.ts_us, e.event_id, e.val",
         earliest=False)}) c(ts, eid, val)
+    WHERE p.nl
     ORDER BY c.ts DESC, c.eid COLLATE "C" DESC LIMIT 1
 ) lst ON p.nl
 -- last_n: the newest n values of the window, straight from the events' index
@@ -363,18 +420,21 @@ LEFT JOIN LATERAL (
           AND e.ts_us > p.lo AND e.ts_us <= p.hi
         ORDER BY e.ts_us DESC, e.event_id DESC LIMIT p.nn) x
 ) ln ON p.nn > 0
--- distinct_count: the distinct values of the window's tiles and edge events.
+-- distinct_count: the distinct values of the window's tiles and edge events; day
+-- tiles for its whole days (migration 0008), so a read costs the distinct values
+-- of at most 6 day, 46 hour and 118 minute tiles.
 LEFT JOIN LATERAL (
     SELECT count(DISTINCT u.val) AS d FROM ({_feature_sources(
-        "t.val", "e.val", tiles_table="fv_distinct")}) u(val)
+        "t.val", "e.val", tiles_table="fv_distinct", days=True)}) u(val)
+    WHERE p.nd
 ) dc ON p.nd
 -- approx_distinct_count: the tiles' sketches and the edge events' values,
 -- united in Python (ofp.store.sketches).
 LEFT JOIN LATERAL (
     SELECT array_agg(u.sketch) FILTER (WHERE u.sketch IS NOT NULL) AS sketches,
            array_agg(u.val) FILTER (WHERE u.val IS NOT NULL) AS edge_values
-    FROM ({_feature_sources("t.sketch, NULL::text", "NULL::bytea, e.val",
-                            tiles_table="fv_sketches")}) u(sketch, val)
+    FROM ({_sketch_sources()}) u(sketch, val)
+    WHERE p.na
 ) hl ON p.na
 """
 

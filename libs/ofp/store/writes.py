@@ -31,7 +31,7 @@ from ofp.policy import FeatureGroup, Policy
 from ofp.store import sketches
 from ofp.store.db import Conn
 from ofp.store.reads import WATERMARK_EXPR
-from ofp.windows import FEATURE_TILE_SIZES_US, HOUR_US, MINUTE_US, TILE_US
+from ofp.windows import DAY_US, HOUR_US, MINUTE_US, SKETCH_TILE_SIZES_US, TILE_US
 
 
 class CheckpointConflictError(Exception):
@@ -608,13 +608,14 @@ async def _merge_sketches(
                 if kept != 2 or val is None:
                     continue
                 gid = group_ids[contrib.group_index]
-                for size in FEATURE_TILE_SIZES_US:
+                for size in SKETCH_TILE_SIZES_US:
                     start = c.ts_us - c.ts_us % size
                     tiles.setdefault((scope_id, gid, contrib.key_id, feature, size, start),
                                      []).append(val)
     if not tiles:
         return
     keys = sorted(tiles)
+    hours_of_new_days = await _new_day_sketches(conn, [k for k in keys if k[4] == DAY_US])
     cols = list(zip(*keys, strict=True))
     rows = await conn.fetch(
         "SELECT s.scope_id, s.group_id, s.key_id, s.feature, s.tile_us, s.tile_start_us,"
@@ -627,13 +628,57 @@ async def _merge_sketches(
         *[list(c) for c in cols],
     )
     existing = {tuple(r[:6]): bytes(r[6]) for r in rows}
-    merged_rows = [(*k, sketches.merged(existing.get(k), tiles[k])) for k in keys]
+    merged_rows = [(*k, sketches.merged(existing.get(k), tiles[k], hours_of_new_days.get(k, ())))
+                   for k in keys]
     await conn.executemany(
         "INSERT INTO fv_sketches (scope_id, group_id, key_id, feature, tile_us, tile_start_us,"
         " sketch) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (scope_id, group_id,"
         " key_id, feature, tile_us, tile_start_us) DO UPDATE SET sketch = EXCLUDED.sketch",
         merged_rows,
     )
+
+
+async def _new_day_sketches(
+    conn: Conn, days: list[tuple[int, int, str, int, int, int]]
+) -> dict[tuple[int, int, str, int, int, int], list[bytes]]:
+    """Create the missing day sketches of `days` (sorted keys), empty; the hour
+    sketches of each day created, by day key.
+
+    No fv_tiles row stands for a day, so the fv_tiles rows that serialize the
+    writers of minute and hour sketches do not serialize a day sketch's: it is
+    inserted first, and a concurrent batch creating the same one waits for this
+    one to end, then updates the committed sketch. A day sketch starts as the
+    union of its day's hour sketches, so it holds every value of its day even
+    when some were written before day sketches existed (migration 0008): reads
+    take a day sketch for the whole day (`ofp.store.reads._sketch_sources`).
+    """
+    if not days:
+        return {}
+    cols = [list(c) for c in zip(*days, strict=True)]
+    created = await conn.fetch(
+        "INSERT INTO fv_sketches (scope_id, group_id, key_id, feature, tile_us, tile_start_us,"
+        " sketch) SELECT a, b, c, d, e, f, $7 FROM unnest($1::integer[], $2::smallint[],"
+        " $3::text[], $4::smallint[], $5::bigint[], $6::bigint[]) WITH ORDINALITY"
+        " AS u(a, b, c, d, e, f, o) ORDER BY o ON CONFLICT DO NOTHING"
+        " RETURNING scope_id, group_id, key_id, feature, tile_us, tile_start_us",
+        *cols, sketches.EMPTY,
+    )
+    if not created:
+        return {}
+    new = [tuple(r) for r in created]
+    c = [list(x) for x in zip(*new, strict=True)]
+    rows = await conn.fetch(
+        "SELECT u.o, s.sketch FROM unnest($1::integer[], $2::smallint[], $3::text[],"
+        " $4::smallint[], $5::bigint[]) WITH ORDINALITY AS u(a, b, c, d, e, o)"
+        " JOIN fv_sketches s ON s.scope_id = u.a AND s.group_id = u.b AND s.key_id = u.c"
+        f" AND s.feature = u.d AND s.tile_us = {HOUR_US} AND s.tile_start_us >= u.e"
+        f" AND s.tile_start_us < u.e + {DAY_US}",
+        c[0], c[1], c[2], c[3], c[5],
+    )
+    hours: dict[tuple[int, int, str, int, int, int], list[bytes]] = {}
+    for r in rows:
+        hours.setdefault(new[r[0] - 1], []).append(bytes(r[1]))
+    return hours
 
 
 async def _insert_quarantine(
@@ -882,13 +927,14 @@ _INSERT_VALUES = (
 )
 
 
-# distinct_count: each tile's distinct values, once each (docs/features.md).
+# distinct_count: each tile's distinct values, once each (docs/features.md), in
+# minute, hour and day tiles (day tiles: migration 0008).
 _INSERT_DISTINCT = (
     "INSERT INTO fv_distinct (scope_id, group_id, key_id, feature, tile_us, tile_start_us, val)"
     " SELECT DISTINCT scope_id, group_id, key_id, feature, l.tile_us,"
     " ts_us - ((ts_us % l.tile_us) + l.tile_us) % l.tile_us, val FROM ofp_values"
-    f" CROSS JOIN (VALUES ({MINUTE_US}::bigint), ({HOUR_US}::bigint)) AS l(tile_us)"
-    " WHERE dist ORDER BY 1, 2, 3, 4, 5, 6, 7 ON CONFLICT DO NOTHING"
+    f" CROSS JOIN (VALUES ({MINUTE_US}::bigint), ({HOUR_US}::bigint), ({DAY_US}::bigint))"
+    " AS l(tile_us) WHERE dist ORDER BY 1, 2, 3, 4, 5, 6, 7 ON CONFLICT DO NOTHING"
 )
 
 

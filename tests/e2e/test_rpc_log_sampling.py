@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import grpc
 
 from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
 from ofp_server.servicer import LOG_SAMPLE_EVERY
-from tests.support.cli import cli_env, free_port
+from tests.support.cli import cli_env, free_port, process_env
 from tests.support.harness import project_once, request_proto
 from tests.support.streams import BASE_US, HOUR_US, generate, keys_request
 
@@ -26,8 +25,8 @@ async def _calls_logged(
     dsn: str, bus_root: Path, cwd: Path, level: str, ok: int
 ) -> list[dict[str, Any]]:
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("OFP_")},
-           **cli_env(dsn, bus_root, OFP_GRPC_ADDRESS=f"127.0.0.1:{port}", OFP_LOG_LEVEL=level)}
+    env = process_env(cli_env(dsn, bus_root, OFP_GRPC_ADDRESS=f"127.0.0.1:{port}",
+                              OFP_LOG_LEVEL=level))
     server = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "ofp-server"), env=env, cwd=cwd,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_workloads import _env, _script
-from tests.support.cli import cli_env, free_port, run_ofp
+from tests.e2e.test_workloads import _script
+from tests.support.cli import cli_env, free_port, process_env, run_ofp
 from tests.support.streams import generate
 
 PASSWORD = "Pw-d0-not-leak-7f3a"
@@ -28,7 +28,7 @@ HOSTS = ("127.0.0.1:{port}", "ofp-db.invalid:5432")
 
 def secret_env(bus_root: Path, host: str, **extra: str) -> dict[str, str]:
     dsn = f"postgresql://ofp:{PASSWORD}@{host}/ofp?sslmode=disable"
-    return _env({
+    return process_env({
         **cli_env(dsn, bus_root, **extra),
         "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEEXAMPLE",
         "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
@@ -86,7 +86,7 @@ async def test_server_stays_alive_unready_and_logs_no_secret_when_the_database_i
         await asyncio.wait_for(until_health_failed(), timeout=60)
         # Ask it something that touches the database, too: an RPC error must not leak.
         rc, out, err = await run_ofp(
-            "status", "--address", f"127.0.0.1:{port}", "--json", env=_env({}), cwd=tmp_path
+            "status", "--address", f"127.0.0.1:{port}", "--json", env=process_env({}), cwd=tmp_path
         )
         assert rc == 1 and json.loads(out)["code"] == "UNAVAILABLE"
         assert_no_secret(out + err)

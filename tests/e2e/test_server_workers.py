@@ -5,7 +5,6 @@ counted, every worker stopped by one SIGTERM."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import sys
@@ -17,14 +16,9 @@ import grpc
 import psutil  # type: ignore[import-untyped]
 
 from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
-from tests.support.cli import cli_env, free_port
+from tests.support.cli import cli_env, free_port, process_env
 from tests.support.harness import project_once, request_proto
 from tests.support.streams import BASE_US, HOUR_US, generate, keys_request
-
-
-def _env(extra: dict[str, str]) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("OFP_")}
-    return {**base, **extra}
 
 
 async def _get(url: str) -> tuple[int, str]:
@@ -67,7 +61,7 @@ async def test_two_workers_share_the_port_and_one_endpoint_and_survive_a_kill(
     generate(94, n_events=60, n_keys=3, n_partitions=1, noise=False).write(bus_root)
     await project_once(pool, bus_root)
     port, metrics_port = free_port(), free_port()
-    env = _env(cli_env(fresh_dsn, bus_root, OFP_GRPC_ADDRESS=f"127.0.0.1:{port}",
+    env = process_env(cli_env(fresh_dsn, bus_root, OFP_GRPC_ADDRESS=f"127.0.0.1:{port}",
                        OFP_METRICS_PORT=str(metrics_port)))
     metrics = f"http://127.0.0.1:{metrics_port}"
     server = await asyncio.create_subprocess_exec(
@@ -123,7 +117,7 @@ async def test_a_worker_that_cannot_start_stops_the_supervisor(
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        env = _env(cli_env(fresh_dsn, bus_root, OFP_GRPC_ADDRESS=f"127.0.0.1:{port}"))
+        env = process_env(cli_env(fresh_dsn, bus_root, OFP_GRPC_ADDRESS=f"127.0.0.1:{port}"))
         server = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "ofp-server"), "--workers", "2", env=env,
             cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from pathlib import Path
@@ -11,17 +10,13 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.cli import cli_env, free_port
+from tests.support.cli import cli_env, free_port, process_env
 from tests.support.streams import generate
 
 
 def _script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
-
-def _env(extra: dict[str, str]) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("OFP_")}
-    return {**base, **extra}
 
 
 async def test_projector_once_drains_and_exits_zero_then_server_stops_on_sigterm(
@@ -30,7 +25,7 @@ async def test_projector_once_drains_and_exits_zero_then_server_stops_on_sigterm
     stream = generate(61, n_events=80, n_partitions=2)
     stream.write(bus_root)
     port = free_port()
-    env = _env(cli_env(fresh_dsn, bus_root, OFP_GRPC_ADDRESS=f"127.0.0.1:{port}"))
+    env = process_env(cli_env(fresh_dsn, bus_root, OFP_GRPC_ADDRESS=f"127.0.0.1:{port}"))
 
     projector = await asyncio.create_subprocess_exec(
         _script("ofp-projector"), "--once", env=env, cwd=tmp_path,
@@ -75,7 +70,7 @@ async def test_bad_policy_stops_the_projector_with_a_clear_message(
 ) -> None:
     policy = tmp_path / "bad.yaml"
     policy.write_text("policy_id: p\nsource_topic: t\nfeature_groups: []\n")
-    env = _env({**cli_env(fresh_dsn, bus_root), "OFP_FEATURES_PATH": str(policy)})
+    env = process_env({**cli_env(fresh_dsn, bus_root), "OFP_FEATURES_PATH": str(policy)})
     proc = await asyncio.create_subprocess_exec(
         _script("ofp-projector"), "--once", env=env, cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import random
 import signal
 import subprocess
@@ -37,6 +36,7 @@ from ofp.store import rollout
 from ofp.store.writes import PolicyConflictError
 from ofp_projector.backfill import Backfill
 from ofp_projector.projector import Projector
+from tests.support.cli import cli_env, process_env, run_ofp
 from tests.support.harness import get_features, project_once, running_server
 from tests.support.harness import settings as make_settings
 from tests.support.kinesis import (
@@ -253,21 +253,16 @@ async def test_a_killed_backfill_resumes_to_the_same_answers(
     _, r1 = write_revision(tmp_path, "r1", new_group=False)
     r2_path, r2 = write_revision(tmp_path, "r2", new_group=True)
     await project_once(pool, bus_root, policy=r1)
-    env = {**os.environ, "OFP_DATABASE_URL": fresh_dsn, "OFP_FILE_BUS_ROOT": str(bus_root),
-           "OFP_BATCH_SIZE": "5"}
+    env = cli_env(fresh_dsn, bus_root, OFP_BATCH_SIZE="5")
 
     async def ofp(*args: str) -> tuple[int, str, str]:
-        # Not subprocess.run: the live projector runs on this event loop meanwhile.
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ofp_cli.main", *args, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
+        # run_ofp is asyncio: the live projector runs on this event loop meanwhile.
+        return await run_ofp(*args, env=env, cwd=tmp_path)
 
     async with live_projector(pool, bus_root, r1):
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ofp_cli.main", "policy", "stage", str(r2_path), env=env,
+            sys.executable, "-m", "ofp_cli.main", "policy", "stage", str(r2_path),
+            env=process_env(env),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(1000):
             done = await pool.fetchval(

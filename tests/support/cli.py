@@ -11,11 +11,17 @@ from pathlib import Path
 from tests.support.harness import POLICY_PATH
 
 
+def process_env(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment without any OFP_ setting, plus `extra`: what a
+    product process started by a test sees."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("OFP_")}, **extra}
+
+
 async def run_ofp(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
     """`ofp ARGS` in a subprocess; asyncio, so an in-process server keeps serving meanwhile."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ofp_cli.main", *args,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("OFP_")}, **env},
+        env=process_env(env),
         cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)

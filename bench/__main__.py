@@ -23,7 +23,9 @@ _SIZE_OPTIONS = ("repeats", "duration_s", "hot_events", "state_keys", "ingest_ev
                  "ingest_repeats", "memory_events", "freshness_repeats", "ingest_partitions",
                  "server_processes", "ingest_replicas", "p99_clients", "sat_clients",
                  "rich_ingest_events", "kind_duration_s", "rich_multi_rate",
-                 "rich_hot_rate")
+                 "rich_hot_rate", "export_rows", "export_chunk_rows", "realistic_keys",
+                 "realistic_rich_flows",
+                 "churn_s", "churn_days_per_run", "churn_events_per_day")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

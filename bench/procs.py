@@ -133,15 +133,36 @@ class Processes:
 
 
 def start_server(dsn: str, bus_root: Path, port: int, log_path: Path, *,
-                 processes: int = 1, features_path: Path = FEATURES_PATH) -> Processes:
-    """`processes` ofp-server processes on one port (OFP_GRPC_REUSEPORT when more than one)."""
+                 processes: int = 1, features_path: Path = FEATURES_PATH,
+                 **settings: str | int) -> Processes:
+    """`processes` ofp-server processes on one port (OFP_GRPC_REUSEPORT when more than one);
+    `settings` become OFP_ environment variables (snapshot_log="off", ...)."""
     reuse = "true" if processes > 1 else "false"
     env = product_env(dsn, bus_root, features_path=features_path,
-                      grpc_address=f"127.0.0.1:{port}", grpc_reuseport=reuse)
+                      grpc_address=f"127.0.0.1:{port}", grpc_reuseport=reuse, **settings)
     return Processes([
         Process([str(BIN / "ofp-server")], env, log_path.with_suffix(f".{i}{log_path.suffix}"))
         for i in range(processes)
     ])
+
+
+def start_server_workers(dsn: str, bus_root: Path, port: int, log_path: Path, *, workers: int,
+                         features_path: Path = FEATURES_PATH) -> Processes:
+    """`ofp-server --workers N`: the supervisor and its N workers (one log, the supervisor's)."""
+    env = product_env(dsn, bus_root, features_path=features_path,
+                      grpc_address=f"127.0.0.1:{port}")
+    return Processes([Process([str(BIN / "ofp-server"), "--workers", str(workers)], env,
+                              log_path)])
+
+
+def tree_pids(pids: list[int]) -> list[int]:
+    """`pids` and every process they started (a supervisor's workers)."""
+    out: list[int] = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            out += [pid, *(c.pid for c in proc.children(recursive=True))]
+    return out
 
 
 def start_projector(

@@ -152,6 +152,25 @@ METHOD = """
 11. **50 keys, rich policy** (`multikey_rich`): as 3 with 50 keys over the
    three key types (a third cards, a third merchants, the rest flows) and the
    rich policy's three groups; reference: the echo server with the same body.
+- **Read replicas** (`replicas`): a PostgreSQL 15 primary and a streaming
+   replica of it made for the run (`bench/pg_replica.py`: initdb,
+   pg_basebackup, both on this machine), 1,000 one-event keys projected into
+   the primary; closed-loop saturation (as 1) of one `ofp-server` reading from
+   the primary alone and one reading from the replica
+   (`OFP_DATABASE_READ_URLS`, `OFP_REPLICA_FALLBACK=unavailable`), runs
+   alternating. Ratio = with the replica / primary alone. Both database
+   servers share the box's cores with the server and h2load, so the ratio
+   shows the cost of reading from a replica, not the capacity a replica on
+   its own machine adds.
+- **Training export** (`export`, bench/export.py): the ingest workload's
+   events (200,000 over 10,000 keys, a week) projected by `ofp-projector
+   --once`; a Parquet spine of random (flow_id, as-of) rows in that week, 1% of
+   keys never seen; the real `ofp export` process writes the features of every
+   row (1 key x `core_features`: 3 windows). Rows/s over the whole command,
+   start-up included; no reference (nothing else computes these rows): the
+   evidence is the CPU per row of the export process (this process's reaped
+   child) and of PostgreSQL, and the notes give the export's peak RSS
+   (psutil) and the statuses of the rows written.
 
 Before every h2load run the same request is sent once with a Python gRPC client
 and the answer must be `status: OK` with the requested keys present, so a broken

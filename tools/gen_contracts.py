@@ -295,6 +295,12 @@ def render_proto(schemas: dict[str, Schema]) -> str:
         "  rpc GetFeatures(GetFeaturesRequest) returns (GetFeaturesResponse);",
         "  // Projection status and the health ladder (checkpoints, lag, counters, state).",
         "  rpc GetStatus(GetStatusRequest) returns (GetStatusResponse);",
+        "  // Many GetFeatures in one call (training retrieval, docs/training.md): requests",
+        "  // stream in, one answer or contract error per request streams out, in order.",
+        "  rpc GetFeaturesBatch(stream GetFeaturesBatchRequest)"
+        " returns (stream GetFeaturesBatchResponse);",
+        "  // A served snapshot from the snapshot log, by its snapshot_hash (docs/audit.md).",
+        "  rpc GetSnapshot(GetSnapshotRequest) returns (GetSnapshotResponse);",
         "}",
     ]
     for message in builder.messages.values():

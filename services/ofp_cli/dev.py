@@ -26,7 +26,7 @@ from ofp.config import Settings
 from ofp.contracts.request import PIN_NAMES
 from ofp.contracts.timefmt import format_micros, parse_micros
 from ofp.policy import FeatureGroup, Policy, load_policy
-from ofp.store.db import create_pool
+from ofp.store.db import close_pool, create_pool
 from ofp.store.reads import WATERMARK_EXPR
 from ofp_projector import file_bus
 from ofp_projector.projector import Projector
@@ -56,10 +56,14 @@ def bus_lengths(root: str, topic: str) -> dict[int, int]:
 
 
 async def wait_until_applied(
-    pool: asyncpg.Pool, stream: str, target: dict[int, int], projector_task: asyncio.Task[Any]
-) -> None:
-    """Return once every partition's checkpoint reached `target`; fail if the projector does."""
+    pool: asyncpg.Pool, stream: str, target: dict[int, int], projector_task: asyncio.Task[Any],
+    stop: asyncio.Event | None = None,
+) -> bool:
+    """True once every partition's checkpoint reached `target`, False as soon as `stop`
+    is set; fail if the projector does."""
     while True:
+        if stop is not None and stop.is_set():
+            return False
         if projector_task.done():
             projector_task.result()  # re-raise its failure
             raise CliError("the projector stopped before the initial stream was applied")
@@ -68,7 +72,7 @@ async def wait_until_applied(
         )
         done = {int(r["partition"]): int(r["next_offset"]) for r in rows}
         if all(done.get(p, 0) >= n for p, n in target.items()):
-            return
+            return True
         await asyncio.sleep(CATCH_UP_POLL_S)
 
 
@@ -142,6 +146,14 @@ def copy_paste_lines(address: str, request: dict[str, Any]) -> list[str]:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
+    # Ctrl-C / SIGTERM set `stop` from the first instruction on, and every phase
+    # (catch-up, sample answer, follow) ends when it is set: a stop never rests on
+    # one cancellation of the main task that start-up code could absorb, and is
+    # never lost (docs/decisions.md, "Signals from the first instruction").
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     policy = load_policy(settings.features_path)
     if settings.bus_kind != "file":
         raise CliError("ofp dev runs on the file-bus; unset OFP_BUS_KIND or set it to 'file'")
@@ -165,20 +177,23 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             await server.start()
             say(f"ofp dev: feature server on {settings.grpc_address}; applying "
                 f"{sum(target.values())} records...")
-            await wait_until_applied(pool, topic, target, projector_task)
+            if not await wait_until_applied(pool, topic, target, projector_task, stop):
+                say("ofp dev: shutting down")
+                return EXIT_OK
             say(f"ofp dev: initial stream applied ({projector.totals.records} records)")
-            return await _present(args, settings, policy, pool, projector_task)
+            return await _present(args, settings, policy, pool, projector_task, stop)
         finally:
             projector.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(projector_task, return_exceptions=True)
             await server.stop(5.0)
     finally:
-        await pool.close()
+        await close_pool(pool)
 
 
 async def _present(args: argparse.Namespace, settings: Settings, policy: Policy,
-                   pool: asyncpg.Pool, projector_task: asyncio.Task[Any]) -> int:
+                   pool: asyncpg.Pool, projector_task: asyncio.Task[Any],
+                   stop: asyncio.Event) -> int:
     request = await sample_request(pool, settings, policy)
     host_port = settings.grpc_address
     try:
@@ -195,10 +210,6 @@ async def _present(args: argparse.Namespace, settings: Settings, policy: Policy,
     if args.no_follow:
         return EXIT_OK
     say("ofp dev: following the bus; Ctrl-C to stop")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({stopper, projector_task}, return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()

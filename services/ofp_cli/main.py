@@ -1,34 +1,59 @@
 """`ofp`: the developer / operator CLI (docs/contract.md 5).
 
-    ofp migrate                     apply schema migrations
+    ofp migrate [--wait S]          apply schema migrations (and the roles' grants)
+    ofp migrate --print-grants      SQL creating the migrator / projector / server roles
     ofp dev                         embedded database + sample stream + projector + server
     ofp status [--json] [--address] health ladder, checkpoints, lag, counters, active policy
     ofp get-features ...            ask the feature server; prints the JSON answer
     ofp verify [--replay] FILE|-    recompute a saved answer's snapshot_hash (or replay it)
-    ofp replay [--target-dsn DSN]   rebuild the state from the bus into a fresh database
+    ofp replay [--target-dsn DSN] [--keep]
+                                    rebuild the state from the bus into a fresh database
+    ofp quarantine list|show|replay quarantined records by reason; replay them after a fix
     ofp policy stage|backfill|activate|rollback|discard|status
                                     roll out a policy revision (backfill, then switch)
+    ofp snapshot get HASH           a served snapshot from the snapshot log, hash recomputed
+    ofp audit --since T [--every D] re-derive logged snapshots; report late-data changes
+    ofp export --spine F --out F    features of every (key, as-of) row of a training spine
 
 Exit codes: 0 success / match; 1 a negative answer (mismatch, RPC error, `status
 --fail-on` state reached); 2 the command could not run (one line on stderr);
 3 `verify --replay` uncheckable.
 Logs of the embedded workloads go to stderr as JSON, so stdout holds only answers.
+Every command takes `--json` and has examples in its `--help` (usage.py); `ofp
+--version` names the installed version.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
 import logging
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import structlog
 import uvloop
 
 from ofp.config import Settings, load_settings
 from ofp.logs import configure
 
-from . import dev, get_features, migrate, policy, replay, status, verify
+from . import (
+    audit,
+    dev,
+    export,
+    get_features,
+    migrate,
+    policy,
+    quarantine,
+    replay,
+    snapshot,
+    status,
+    usage,
+    verify,
+)
 from .errors import EXIT_ERROR, describe
 
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
@@ -47,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("migrate", parents=[common], help="apply schema migrations")
+    migrate.add_arguments(p)
     p.set_defaults(run=migrate.run)
 
     p = sub.add_parser("dev", parents=[common],
@@ -102,15 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE|-", help="the saved JSON response, - for stdin")
     p.add_argument("--replay", action="store_true",
                    help="also rebuild the state up to the basis offsets and ask again")
+    p.add_argument("--json", action="store_true",
+                   help="print the verdict as JSON (result, claimed, recomputed, why)")
     p.set_defaults(run=verify.run)
 
     p = sub.add_parser("replay", parents=[common],
                        help="rebuild the state from the bus into a fresh database")
-    p.add_argument("--target-dsn", metavar="DSN",
-                   help="an empty database (default: create ofp_replay_<timestamp>)")
-    p.set_defaults(run=replay.run)
+    replay.add_arguments(p)
 
     policy.add_parser(sub, common)
+    quarantine.add_parser(sub, common)
+    snapshot.add_parser(sub, common, tls)
+    audit.add_parser(sub, common)
+    export.add_parser(sub, common)
+    usage.finish(parser)
     return parser
 
 
@@ -123,6 +154,10 @@ def _positive(text: str) -> int:
 
 def _configure_logging(level: str) -> None:
     configure(level.upper())
+    # stdout holds only answers (`ofp export --json`, `ofp status --json`, ...):
+    # OFP's own structlog lines (progress of `ofp export` and `ofp policy
+    # backfill`) go to stderr with the stdlib ones.
+    structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=sys.stderr))
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(sys.stderr)
@@ -137,12 +172,25 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config)
         secrets += (settings.database_url,)
         command: Command = args.run
+        if args.json and not getattr(args, "json_aware", False):
+            return _as_json(args, command, settings)
         return uvloop.run(command(args, settings))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one line, never a traceback (and never a DSN)
         print(f"ofp {args.command}: {describe(exc, secrets=secrets)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _as_json(args: argparse.Namespace, command: Command, settings: Settings) -> int:
+    """A command that prints text, its output captured and printed as one JSON document."""
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        code = uvloop.run(command(args, settings))
+    name = " ".join(x for x in (args.command, getattr(args, "verb", None)) if x)
+    print(json.dumps({"command": name, "exit_code": code,
+                      "output": captured.getvalue().splitlines()}, indent=2))
+    return code
 
 
 if __name__ == "__main__":

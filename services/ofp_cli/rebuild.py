@@ -1,8 +1,9 @@
-"""Rebuild feature state from a file-bus into a fresh database with the real projector.
+"""Rebuild feature state from the bus into a fresh database with the real projector.
 
 Shared by `ofp replay` and `ofp verify --replay`: the same Projector the
 workload runs, with `once=True`, so a rebuild can never disagree with
-production on how a record is applied.
+production on how a record is applied. It reads a file-bus directory, or the
+configured Kinesis stream from TRIM_HORIZON (what the stream still retains).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,16 +28,14 @@ PROGRESS_INTERVAL_S = 0.5
 Progress = Callable[[int, float], None]
 
 
-def stderr_progress(label: str) -> Progress:
-    """A progress line on stderr: rewritten in place on a terminal, one per tick otherwise."""
-    tty = sys.stderr.isatty()
-
-    def show(records: int, elapsed_s: float) -> None:
-        rate = records / elapsed_s if elapsed_s > 0 else 0.0
-        line = f"{label}: {records} records, {rate:,.0f} records/s, {elapsed_s:.1f} s"
-        print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
-
-    return show
+def file_bus_records(root: str | Path, topic: str) -> int:
+    """Complete lines in the topic's partition files: the total a file-bus rebuild reads."""
+    total = 0
+    for path in sorted((Path(root) / topic).glob("partition=*.jsonl")):
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                total += chunk.count(b"\n")
+    return total
 
 
 async def ensure_empty(pool: asyncpg.Pool, stream: str) -> None:
@@ -53,12 +51,19 @@ async def rebuild(
     settings: Settings,
     policy: Policy,
     target_dsn: str,
-    bus_root: str | Path,
+    bus_root: str | Path | None,
     *,
     progress: Progress | None = None,
 ) -> Totals:
-    """Drain `bus_root` into the (empty) database at `target_dsn`; the projector's totals."""
-    replay_settings = dataclasses.replace(settings, file_bus_root=str(bus_root))
+    """Drain the bus into the (empty) database at `target_dsn`; the projector's totals.
+
+    `bus_root` is the file-bus directory to read; None reads the configured bus
+    (a Kinesis stream from TRIM_HORIZON)."""
+    if bus_root is not None:
+        replay_settings = dataclasses.replace(settings, file_bus_root=str(bus_root),
+                                              bus_kind="file")
+    else:
+        replay_settings = dataclasses.replace(settings, kinesis_start_position="TRIM_HORIZON")
     pool = await create_pool(target_dsn, max_size=max(2, settings.db_pool_max))
     try:
         await ensure_empty(pool, settings.bus_stream(policy.source_topic))

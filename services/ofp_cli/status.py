@@ -21,18 +21,22 @@ from ofp.config import Settings
 from ofp.health import Thresholds, status_report
 from ofp.policy import PolicyError, load_policy
 from ofp.store.db import schema_version
+from ofp.store.replicas import ReadRouter
 from ofp.store.status import read_status
 
 from .client import ClientTLS, RpcFailedError, get_status
-from .database import connect, resolve_dsn
+from .database import connect, existing_dsn
 from .errors import EXIT_FAILED, EXIT_OK, CliError
+from .sample_stream import SAMPLE_START
 
 _SEVERITY = {"GREEN": 0, "AMBER": 1, "RED": 2}
+# A watermark older than this while the checkpoints are current: historical data.
+HISTORICAL_AFTER_MS = 24 * 3600 * 1000
 
 
 async def collect(settings: Settings, *, stream: str | None = None) -> dict[str, Any]:
     """The status document from the database (the same document GetStatus returns)."""
-    conn = await connect(resolve_dsn(settings))
+    conn = await connect(existing_dsn(settings))
     try:
         if await schema_version(conn) is None:
             raise CliError("the database has no OFP schema yet; run `ofp migrate`")
@@ -44,12 +48,31 @@ async def collect(settings: Settings, *, stream: str | None = None) -> dict[str,
             except PolicyError as exc:
                 raise CliError(f"no active policy in the database, and {exc}") from None
             facts = await read_status(conn, stream=settings.bus_stream(topic))
+        replicas = await measure_replicas(conn, settings)
     finally:
         await conn.close()
-    return status_report(
+    doc = status_report(
         facts,
         Thresholds.from_settings(settings),
     )
+    if replicas is not None:
+        doc["read_replicas"] = replicas
+    return doc
+
+
+async def measure_replicas(primary: Any, settings: Settings) -> list[dict[str, Any]] | None:
+    """The configured read replicas, measured once against the primary (as the
+    server measures them); None when none is configured."""
+    if not settings.database_read_urls:
+        return None
+    router = await ReadRouter.open(
+        primary, settings.database_read_urls, max_lag_s=settings.replica_max_lag_s,
+        fallback=settings.replica_fallback, check_interval_s=1.0, pool_max=1)
+    try:
+        await router.check()
+        return router.status()
+    finally:
+        await router.close()
 
 
 def _age(ms: int | None) -> str:
@@ -74,11 +97,30 @@ def _lag(p: dict[str, Any]) -> str:
     return " / ".join(parts) or "-"
 
 
+def historical_note(doc: dict[str, Any]) -> str | None:
+    """Why a current projection of an old stream is RED: the watermark rule judges
+    event time against the wall clock, and the sample stream of `ofp dev` (or a
+    replayed history) is dated in the past. Said only when nothing else is wrong."""
+    codes = {r["code"] for r in doc["health"]["reasons"]}
+    age_ms = doc.get("watermark_age_ms")
+    if "WATERMARK_STALE" not in codes or age_ms is None or age_ms < HISTORICAL_AFTER_MS:
+        return None
+    if codes - {"WATERMARK_STALE", "QUARANTINE_OPEN"}:
+        return None
+    return (f"the projection is current but the newest event is {_age(age_ms)} old: the"
+            f" stream holds historical data (the `ofp dev` sample is dated {SAMPLE_START[:10]})."
+            " A live stream whose newest event is this old has stopped; a historical one"
+            " reads RED by design")
+
+
 def render_table(doc: dict[str, Any]) -> str:
     health = doc["health"]
     lines = [f"health     {health['state']}"]
     for reason in health["reasons"]:
         lines.append(f"  {reason['state']:<5}  {reason['code']:<17} {reason['detail']}")
+    note = historical_note(doc)
+    if note:
+        lines.append(f"  note   {note}")
     lines.append(f"stream     {doc.get('stream') or '-'}")
     pol = doc.get("policy")
     if pol is None:
@@ -115,6 +157,16 @@ def render_table(doc: dict[str, Any]) -> str:
         lines.append("  ".join(cells).rstrip())
         if i == 0 or (i == len(rows) - 2 and i > 0):
             lines.append("  ".join("-" * w for w in widths))
+    replicas = doc.get("read_replicas")
+    if replicas:
+        lines.append("")
+        lines.append("read replicas")
+        for r in replicas:
+            lag = [f"{r['lag_bytes']} B" if r.get("lag_bytes") is not None else "",
+                   _age(r["lag_ms"]) if r.get("lag_ms") is not None else ""]
+            lines.append(f"  {r['name']}  {r['state']}"
+                         + (f"  lag {' / '.join(x for x in lag if x)}" if any(lag) else "")
+                         + (f"  ({r['error']})" if r.get("error") else ""))
     by_outcome: dict[str, list[tuple[str, int]]] = {}
     for entry in t["by_reason"]:
         by_outcome.setdefault(entry["outcome"].lower(), []).append(

@@ -28,6 +28,7 @@ from ofp_server.server import create_server
 from .client import RpcFailedError, get_features, parse_key
 from .database import resolve_dsn, temporary_database
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_UNCHECKABLE, CliError
+from .progress import Progress
 from .rebuild import rebuild
 
 REPLAY_TIMEOUT_S = 30.0
@@ -145,7 +146,12 @@ async def replay_snapshot(
     with tempfile.TemporaryDirectory(prefix="ofp-verify-") as tmp:
         copy_prefix(settings, policy.source_topic, offsets, Path(tmp))
         async with temporary_database(resolve_dsn(settings), "ofp_verify") as dsn:
-            await rebuild(settings, policy, dsn, tmp)
+            progress = Progress("verify --replay", total=sum(offsets.values()))
+            try:
+                await rebuild(settings, policy, dsn, tmp,
+                              progress=lambda n, _elapsed: progress.set(n))
+            finally:
+                progress.close()
             pool = await create_pool(dsn, max_size=2)
             try:
                 server = create_server(settings, pool, "127.0.0.1:0")
@@ -161,33 +167,48 @@ async def replay_snapshot(
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    doc = load_response(args.file)
+    result = await check(args.file, settings, replay=args.replay)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif result["result"] == "match":
+        print(f"match {result['claimed']}")
+    elif result["result"] == "uncheckable":
+        print(f"uncheckable {result['reason']}")
+    elif "replay_error" in result:
+        print(f"mismatch claimed={result['claimed']} replay answered"
+              f" {json.dumps(result['replay_error'])}")
+    else:
+        print(f"mismatch claimed={result['claimed']} recomputed={result['recomputed']}")
+        if result.get("first_difference"):
+            print(f"  first difference: {result['first_difference']}", file=sys.stderr)
+    return {"match": EXIT_OK, "uncheckable": EXIT_UNCHECKABLE}.get(result["result"],
+                                                                    EXIT_FAILED)
+
+
+async def check(source: str, settings: Settings, *, replay: bool) -> dict[str, Any]:
+    """The verdict as a document: `result` match / mismatch / uncheckable, the claimed
+    and recomputed hashes, and why (`reason`, `replay_error`, `first_difference`)."""
+    doc = load_response(source)
     ok, claimed, recomputed = verify_response(doc)
-    if not ok:
-        print(f"mismatch claimed={claimed} recomputed={recomputed}")
-        return EXIT_FAILED
-    if not args.replay:
-        print(f"match {claimed}")
-        return EXIT_OK
+    result: dict[str, Any] = {"result": "match" if ok else "mismatch", "claimed": claimed,
+                              "recomputed": recomputed, "replayed": False}
+    if not ok or not replay:
+        return result
     snapshot = doc.get("snapshot", doc)
     policy = load_policy(settings.features_path)
+    result["replayed"] = True
     try:
         replayed = await replay_snapshot(snapshot, settings, policy)
     except UncheckableError as exc:
-        print(f"uncheckable {exc}")
-        return EXIT_UNCHECKABLE
+        return {**result, "result": "uncheckable", "recomputed": None, "reason": str(exc)}
     except RpcFailedError as exc:
-        print(f"mismatch claimed={claimed} replay answered {json.dumps(exc.error)}")
-        return EXIT_FAILED
+        return {**result, "result": "mismatch", "recomputed": None, "replay_error": exc.error}
     replayed_hash = str(replayed["snapshot"]["snapshot_hash"])
-    if replayed_hash == claimed:
-        print(f"match {claimed}")
-        return EXIT_OK
-    print(f"mismatch claimed={claimed} recomputed={replayed_hash}")
-    diff = _first_difference(snapshot, replayed["snapshot"])
-    if diff:
-        print(f"  first difference: {diff}", file=sys.stderr)
-    return EXIT_FAILED
+    result["recomputed"] = replayed_hash
+    if replayed_hash != claimed:
+        result["result"] = "mismatch"
+        result["first_difference"] = _first_difference(snapshot, replayed["snapshot"])
+    return result
 
 
 def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:

@@ -13,9 +13,19 @@ never an event id, key, pin or hash.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from ofp.metrics_http import MetricsEndpoint, serve_metrics
 
@@ -80,6 +90,8 @@ class ProjectorMetrics:
         self.ready_gauge = Gauge(
             "ofp_projector_ready", "1 while /readyz answers 200", registry=self.registry
         )
+        ProcessCollector(registry=self.registry)  # CPU, memory, open files
+        GCCollector(registry=self.registry)
 
     def batch_applied(
         self,
@@ -128,6 +140,10 @@ class ProjectorMetrics:
     def leases_held(self, n: int) -> None:
         self.leases.set(n)
 
+    def watch_pool(self, pool: Any) -> None:
+        """Export `pool`'s size and connections in use, read at each scrape."""
+        self.registry.register(_PoolCollector(pool))
+
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
         self.ready_gauge.set(1 if ready else 0)
@@ -135,6 +151,24 @@ class ProjectorMetrics:
     @property
     def ready(self) -> bool:
         return self._ready
+
+
+class _PoolCollector(Collector):
+    """The asyncpg pool's connections, read when scraped (no work between scrapes)."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        size = self._pool.get_size()
+        yield GaugeMetricFamily("ofp_db_pool_connections",
+                                "Database connections open in the projector's pool", size)
+        yield GaugeMetricFamily("ofp_db_pool_connections_in_use",
+                                "Database connections of the pool held by a batch or a read",
+                                size - self._pool.get_idle_size())
+        yield GaugeMetricFamily("ofp_db_pool_connections_max",
+                                "The pool's maximum size (db_pool_max)",
+                                self._pool.get_max_size())
 
 
 async def start_http(

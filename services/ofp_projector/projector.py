@@ -34,6 +34,8 @@ from ofp.store.db import is_transient, migrate
 from ofp.store.leases import Lease, LeaseManager, plan_balance
 from ofp.store.partitions import read_partition_states, record_partitions, workable
 from ofp.store.rollout import Projection, read_epoch
+from ofp.store.schema import check_schema
+from ofp.store.timeparts import maintain
 from ofp.store.writes import claim_stream, prune_retention, record_policy
 
 from . import file_bus
@@ -129,8 +131,11 @@ class Projector:
 
     async def prepare(self) -> None:
         self.settings.check_retention(self.policy)
-        await self.store.run("migrate", migrate)
+        if self.settings.auto_migrate:
+            await self.store.run("migrate", migrate)
+        await self.store.run("check_schema", check_schema)
         await self.store.run("claim_stream", partial(claim_stream, stream=self.stream))
+        await self.maintain_partitions()
         await self.store.run(
             "record_policy",
             partial(record_policy, policy=self.policy,
@@ -351,6 +356,14 @@ class Projector:
         )
         if floor is not None:
             _log.info("retention_pruned", stream=self.stream, retained_from_us=floor)
+        await self.maintain_partitions()
+
+    async def maintain_partitions(self) -> None:
+        """Time partitions: weeks ahead created, defaults emptied, retired weeks dropped."""
+        done = await self.store.run("maintain_time_partitions", maintain)
+        if done.created or done.dropped or done.busy:
+            _log.info("time_partitions_maintained", stream=self.stream, created=done.created,
+                      dropped=done.dropped, moved=len(done.moved), busy=done.busy)
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -18,13 +18,14 @@ from functools import partial
 from typing import Any
 
 from ofp.config import Settings
-from ofp.events import Classified, Outcome, Quarantined, QuarantineReason, classify
+from ofp.events import Candidate, Classified, Outcome, Quarantined, QuarantineReason, classify
 from ofp.logs import get_logger
 from ofp.model import Pins
 from ofp.policy import Policy
 from ofp.store.leases import Lease
 from ofp.store.partitions import record_lag
 from ofp.store.rollout import Projection, read_projection, record_live_from
+from ofp.store.timeparts import ensure_periods, period_start
 from ofp.store.writes import (
     BatchResult,
     CheckpointConflictError,
@@ -89,6 +90,8 @@ class WorkerContext:
     totals: Totals
     stopping: asyncio.Event  # the whole projector is stopping
     scopes: dict[Pins, int] = field(default_factory=dict)  # run scope ids, grown by commits
+    # Periods whose time partitions exist (or end below the retention floor).
+    periods: set[int] = field(default_factory=set)
 
     @property
     def stream(self) -> str:
@@ -275,6 +278,7 @@ class PartitionWorker:
         are found, quarantined, and the rest of the batch is applied.
         """
         ctx = self.ctx
+        await self._ensure_time_partitions(records)
         while True:
             try:
                 return await ctx.store.run(
@@ -299,6 +303,20 @@ class PartitionWorker:
                 if not refused_by_store(exc):
                     raise
                 records = await self._quarantine_refused(records, exc, proj)
+
+    async def _ensure_time_partitions(self, records: list[Record]) -> None:
+        """Create the time partitions the batch's events go to before applying
+        it, outside its transaction (one created inside it would lock its tables
+        for the whole batch). A period that cannot be created now takes its rows
+        into the default partitions; the next maintenance moves them."""
+        ctx = self.ctx
+        periods = {period_start(c.ts_us) for r in records
+                   if isinstance(c := r.classified, Candidate)} - ctx.periods
+        if periods:
+            ctx.periods |= await ctx.store.run(
+                "ensure_time_partitions",
+                partial(ensure_periods, starts=periods,
+                        max_future_us=ctx.settings.max_future_skew_s * 1_000_000))
 
     async def _quarantine_refused(
         self, records: list[Record], failure: Exception, proj: Projection

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import grpc
@@ -25,9 +25,19 @@ from grpc_reflection.v1alpha import reflection
 from ofp.api.v1 import feature_service_pb2 as pb
 from ofp.config import ConfigError, Settings
 from ofp.logs import get_logger
+from ofp.store.coalesce import CoalescingReader
+from ofp.store.replicas import ReadRouter
 
+from .batch import BatchService, decode_batch_request
 from .metrics import ServerMetrics
-from .servicer import FeatureService, decode_request, decode_status_request
+from .servicer import (
+    FeatureService,
+    decode_request,
+    decode_snapshot_request,
+    decode_status_request,
+)
+from .snapshot_log import SnapshotRecorder
+from .tracing import RpcTracer, TracedReader, traced_rpc
 
 _log = get_logger("ofp.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FeatureService"].full_name
@@ -57,6 +67,10 @@ class FeatureServer:
         return self.service.metrics
 
     async def start(self) -> None:
+        if self.service.replicas is not None:
+            await self.service.replicas.start()  # measured before the first request
+        if self.service.recorder is not None:
+            await self.service.recorder.start()
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()
@@ -71,8 +85,11 @@ class FeatureServer:
                 await self._health_task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        if self.service.recorder is not None:
+            await self.service.recorder.stop()  # after the last call: writes what is queued
         await self.service.reader.close()
         await self.service.close_watchers()
+        await self.service.close_replicas()
         if self.health_server is not None:
             await self.health_server.stop(0)
         _log.info("server_stopped", port=self.port)
@@ -101,7 +118,11 @@ class FeatureServer:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         self.serving = serving
-        self.service.metrics.serving.set(1 if serving else 0)
+        metrics = self.service.metrics
+        metrics.serving.set(1 if serving else 0)
+        pool = self.service.pool
+        metrics.pool_observed(size=pool.get_size(), idle=pool.get_idle_size(),
+                              max_size=pool.get_max_size())
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
         # Liveness says only that the process answers: a database outage must
@@ -171,10 +192,16 @@ def connection_options(settings: Settings) -> list[tuple[str, int]]:
 
 def create_server(settings: Settings, pool: asyncpg.Pool,
                   address: str | None = None, *, metrics: ServerMetrics | None = None,
-                  health_address: str | None = None) -> FeatureServer:
+                  health_address: str | None = None,
+                  tracer: RpcTracer | None = None,
+                  replicas: ReadRouter | None = None) -> FeatureServer:
     """Bind the server (and the plaintext health listener when `health_port` is set).
 
     `health_address` overrides `<host of address>:<health_port>` (tests pass port 0).
+    With a `tracer` (ofp_server.tracing) the RPCs and their snapshot reads are
+    spans; without one the handlers are the untraced ones.
+    `replicas`: the read replicas GetFeatures reads from (ofp.store.replicas); the
+    server measures them from `start()` and closes them at `stop()`.
     """
     # The health listener follows the same choice: processes sharing the gRPC
     # port share the health port too.
@@ -187,7 +214,23 @@ def create_server(settings: Settings, pool: asyncpg.Pool,
     ]
     credentials = server_credentials(settings)
     server = grpc.aio.server(options=options)
-    service = FeatureService(settings, pool, metrics)
+    service = FeatureService(settings, pool, metrics, replicas)
+    if settings.snapshot_log != "off":
+        # Written through `pool`, the primary (replicas only serve reads).
+        service.recorder = SnapshotRecorder(settings, pool, service.metrics.registry)
+    get_features: Any = service.GetFeatures
+    get_status: Any = service.GetStatus
+    get_snapshot: Any = service.GetSnapshot
+    get_batch: Any = BatchService(service).GetFeaturesBatch
+    if tracer is not None:
+        get_features = traced_rpc(tracer, "GetFeatures", get_features)
+        get_status = traced_rpc(tracer, "GetStatus", get_status)
+        get_snapshot = traced_rpc(tracer, "GetSnapshot", get_snapshot)
+        get_batch = traced_rpc(tracer, "GetFeaturesBatch", get_batch)
+        service.reader = cast(CoalescingReader, TracedReader(service.reader, tracer))
+        service._replica_readers = {
+            name: cast(CoalescingReader, TracedReader(r, tracer))
+            for name, r in service._replica_readers.items()}
     # Registered by hand rather than with the generated helper so that bytes
     # which are not a GetFeaturesRequest reach the servicer and get a contract
     # error (INVALID_REQUEST), not grpcio's UNKNOWN naming a Python class.
@@ -195,14 +238,24 @@ def create_server(settings: Settings, pool: asyncpg.Pool,
         SERVICE_NAME,
         {
             "GetFeatures": grpc.unary_unary_rpc_method_handler(
-                service.GetFeatures,
+                get_features,
                 request_deserializer=decode_request,
                 response_serializer=pb.GetFeaturesResponse.SerializeToString,
             ),
             "GetStatus": grpc.unary_unary_rpc_method_handler(
-                service.GetStatus,
+                get_status,
                 request_deserializer=decode_status_request,
                 response_serializer=pb.GetStatusResponse.SerializeToString,
+            ),
+            "GetSnapshot": grpc.unary_unary_rpc_method_handler(
+                get_snapshot,
+                request_deserializer=decode_snapshot_request,
+                response_serializer=pb.GetSnapshotResponse.SerializeToString,
+            ),
+            "GetFeaturesBatch": grpc.stream_stream_rpc_method_handler(
+                get_batch,
+                request_deserializer=decode_batch_request,
+                response_serializer=pb.GetFeaturesBatchResponse.SerializeToString,
             ),
         },
     )

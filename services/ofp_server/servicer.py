@@ -38,16 +38,18 @@ from ofp.contracts.response_proto import response_proto
 from ofp.contracts.timefmt import format_micros
 from ofp.health import Thresholds, status_report
 from ofp.logs import get_logger
-from ofp.model import SnapshotRow, pins_of
+from ofp.model import ReadProbes, SnapshotRow, pins_of
 from ofp.policy import Policy
 from ofp.snapshot import TypedCell, assemble_snapshot, plan_read
-from ofp.store.basis import BasisWatcher
+from ofp.store.basis import BasisWatcher, reached
 from ofp.store.coalesce import CoalescingReader
 from ofp.store.db import is_transient
+from ofp.store.replicas import NoReplicaInRotation, ReadRouter, Replica
 from ofp.store.rollout import Rollout, read_rollout
 from ofp.store.status import read_status
 
 from .metrics import ServerMetrics
+from .snapshot_log import SnapshotRecorder
 
 _log = get_logger("ofp.server")
 # One OK `rpc_finished` line in this many is logged at info (the rest at debug).
@@ -136,7 +138,8 @@ class PolicyCache:
 
 class FeatureService(pb_grpc.FeatureServiceServicer):
     def __init__(
-        self, settings: Settings, pool: asyncpg.Pool, metrics: ServerMetrics | None = None
+        self, settings: Settings, pool: asyncpg.Pool, metrics: ServerMetrics | None = None,
+        replicas: ReadRouter | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -144,11 +147,25 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
         self._watchers: dict[str, BasisWatcher] = {}
         self.metrics = metrics if metrics is not None else ServerMetrics()
         self.thresholds = Thresholds.from_settings(settings)
+        # The snapshot log (ofp_server.snapshot_log), set by create_server; None: off.
+        self.recorder: SnapshotRecorder | None = None
         self.reader = CoalescingReader(
             pool,
             in_flight=settings.db_reads_in_flight,
             on_statement=self.metrics.snapshot_statement,
+            on_timing=self.metrics.statement_timed,
         )
+        # Read replicas (ofp.store.replicas): a coalescing reader per replica, so
+        # each replica runs up to db_reads_in_flight statements of its own.
+        self.replicas = replicas
+        self._replica_readers: dict[str, CoalescingReader] = {}
+        if replicas is not None:
+            replicas.on_check = self._replica_checked
+            for r in replicas.replicas:
+                self._replica_readers[r.name] = CoalescingReader(
+                    r.pool, in_flight=settings.db_reads_in_flight,
+                    on_statement=self.metrics.snapshot_statement,
+                    on_timing=self.metrics.statement_timed)
 
     async def GetFeatures(
         self,
@@ -182,6 +199,48 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             return await self._guarded(
                 self._get_status(request, request_id), context, request_id, outcome
             )
+
+    async def GetSnapshot(
+        self,
+        request: pb.GetSnapshotRequest | UndecodableRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.GetSnapshotResponse:
+        """A served snapshot from the snapshot log, as it was served (docs/audit.md)."""
+        request_id = _echoable_request_id(request)
+        outcome = _RpcResult()
+        with _RpcScope("GetSnapshot", request_id, context, outcome, self.metrics):
+            if isinstance(request, UndecodableRequest):
+                await _abort(context, request.refusal, None, outcome)
+            return await self._guarded(
+                self._get_snapshot(request, request_id), context, request_id, outcome
+            )
+
+    async def _get_snapshot(
+        self, request: pb.GetSnapshotRequest, request_id: str | None
+    ) -> pb.GetSnapshotResponse:
+        digest = request.snapshot_hash
+        if len(digest) != 64 or digest.strip("0123456789abcdef"):
+            raise ContractError(ErrorCode.INVALID_REQUEST,
+                                "snapshot_hash must be 64 lowercase hex digits")
+        if self.recorder is None:
+            raise ContractError(ErrorCode.NOT_FOUND,
+                                "the snapshot log is off on this server (OFP_SNAPSHOT_LOG)")
+        found = await self.recorder.fetch(digest)
+        if found is None:
+            raise ContractError(ErrorCode.NOT_FOUND,
+                                f"snapshot {digest} is not in the snapshot log")
+        entry, ref = found
+        # Built as GetFeatures built it, from the same fields: the same message.
+        served = response_proto({"status": "OK", "served_at_utc": "",
+                                 "snapshot": entry.snapshot(ref)})
+        response = pb.GetSnapshotResponse(
+            status="OK", canonical_json=entry.canonical.decode("ascii"),
+            recorded_at_utc=format_micros(entry.recorded_at_us))
+        response.snapshot.CopyFrom(served.snapshot)
+        response.request.update(entry.request)
+        if request_id is not None:
+            response.request_id = request_id
+        return response
 
     async def _guarded(
         self,
@@ -222,6 +281,72 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             await watcher.close()
         self._watchers.clear()
 
+    async def close_replicas(self) -> None:
+        """Stop the replicas' statements and their measuring; close their pools."""
+        for reader in self._replica_readers.values():
+            await reader.close()
+        if self.replicas is not None:
+            await self.replicas.close()
+
+    def _replica_checked(self, replica: Replica) -> None:
+        self.metrics.replica_checked(replica=replica.name, lag_bytes=replica.lag_bytes,
+                                     lag_s=replica.lag_s, in_rotation=replica.in_rotation)
+
+    async def _read_replicated(
+        self, req: ValidRequest, stream: str, probes: ReadProbes, revision: tuple[str, str],
+        planned_epoch: int | None,
+    ) -> SnapshotRow | None:
+        """The snapshot read on a replica in rotation, else per OFP_REPLICA_FALLBACK.
+
+        The row comes from one statement on one server, so values and basis agree
+        whatever the replica's lag. It is taken from the primary instead (or
+        refused UNAVAILABLE) when no replica is in rotation, when the replica
+        fails with a connection-class error (it leaves the rotation; the next
+        one is tried), or when the replica has not yet replayed what this
+        request needs: its min_basis (already reached on the primary, where the
+        wait watched) or the rollout epoch the request was planned with.
+        """
+        assert self.replicas is not None
+        pins = pins_of(req.pins)
+        reason = "none_in_rotation"
+        for _ in range(len(self._replica_readers)):
+            try:
+                replica = self.replicas.choose()
+            except NoReplicaInRotation:
+                break
+            if replica is None:
+                break
+            try:
+                row = await self._replica_readers[replica.name].read(
+                    stream=stream, pins=pins, probes=probes, revision=revision)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # A statement cancelled by a conflict with recovery (class 40)
+                # says nothing about the replica's health: try the next one.
+                if str(getattr(exc, "sqlstate", None) or "")[:2] != "40":
+                    self.replicas.failed(replica, exc)
+                reason = "replica_failed"
+                continue
+            if row is not None and (not req.min_basis or reached(
+                    {p: int(o) for p, o in row.offsets}, req.min_basis)) and (
+                    planned_epoch is None or row.epoch is None or row.epoch >= planned_epoch):
+                self.metrics.replica_read(replica.name)
+                return row
+            reason = "replica_behind"
+            break
+        self.metrics.replica_fallback(reason)
+        if self.replicas.fallback != "primary":
+            detail = {
+                "none_in_rotation": "no read replica is in rotation",
+                "replica_failed": "the read replicas are unreachable",
+                "replica_behind": "the read replica has not replayed the requested basis yet",
+            }[reason]
+            raise ContractError(ErrorCode.UNAVAILABLE, detail + " (replica_fallback: unavailable)",
+                                retryable=True)
+        self.metrics.replica_read("primary")
+        return await self.reader.read(stream=stream, pins=pins, probes=probes, revision=revision)
+
     async def _wait_for_basis(self, stream: str, want: tuple[tuple[int, int], ...]) -> None:
         """Read-your-basis: wait (shared, ofp.store.basis) until the checkpoints reach
         `want`, at most OFP_MAX_BASIS_WAIT_MS; the read that follows starts after, so
@@ -259,6 +384,10 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             raise ContractError(ErrorCode.INVALID_REQUEST, "stream must be 1..256 characters")
         facts = await read_status(self.pool, stream=stream, bus_stream=self.settings.bus_stream)
         doc = status_report(facts, self.thresholds, request_id=request_id)
+        if self.recorder is not None and self.recorder.shedding():
+            _snapshot_log_shedding(doc, self.recorder)
+        if self.replicas is not None:
+            doc["read_replicas"] = self.replicas.status()
         response = pb.GetStatusResponse()
         json_format.ParseDict(doc, response)
         return response
@@ -276,7 +405,11 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 retryable=False,
             )
         typed: list[TypedCell] = []
-        snapshot = await self._snapshot(req, typed)
+        recorder = self.recorder
+        hashed: list[bytes] | None = None if recorder is None else []
+        snapshot = await self._snapshot(req, typed, hashed)
+        if recorder is not None and hashed:
+            await recorder.record(req, snapshot, hashed[0])
         doc: dict[str, Any] = {
             "status": "OK",
             "snapshot": snapshot,
@@ -306,7 +439,8 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             )
         return chosen
 
-    async def _snapshot(self, req: ValidRequest, typed: list[TypedCell]) -> dict[str, Any]:
+    async def _snapshot(self, req: ValidRequest, typed: list[TypedCell],
+                        hashed: list[bytes] | None = None) -> dict[str, Any]:
         for _ in range(3):
             # The plan, the read and the assembly use this one revision: an
             # activation meanwhile does not relabel the request's values.
@@ -323,12 +457,13 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
             stream = self.settings.bus_stream(policy.source_topic)
             if req.min_basis:
                 await self._wait_for_basis(stream, req.min_basis)
-            row: SnapshotRow | None = await self.reader.read(
-                stream=stream,
-                pins=pins_of(req.pins),
-                probes=plan.probes,
-                revision=(policy.policy_id, policy.revision),
-            )
+            revision = (policy.policy_id, policy.revision)
+            row: SnapshotRow | None = (
+                await self.reader.read(stream=stream, pins=pins_of(req.pins),
+                                       probes=plan.probes, revision=revision)
+                if self.replicas is None
+                else await self._read_replicated(req, stream, plan.probes, revision,
+                                                 planned_epoch))
             if row is None:
                 raise ContractError(ErrorCode.UNAVAILABLE, "no active feature policy yet")
             if row.epoch != planned_epoch:
@@ -354,6 +489,7 @@ class FeatureService(pb_grpc.FeatureServiceServicer):
                 max_basis_lag_us=self.settings.max_basis_lag_s * 1_000_000,
                 created_at_us=now_us(),
                 typed=typed,
+                hashed=hashed,
             )
         raise ContractError(
             ErrorCode.MISSING_PROVENANCE, "the active policy changed during the read; retry"
@@ -371,7 +507,20 @@ class UndecodableRequest:
         )
 
 
-_M = TypeVar("_M", pb.GetFeaturesRequest, pb.GetStatusRequest)
+def _snapshot_log_shedding(doc: dict[str, Any], recorder: SnapshotRecorder) -> None:
+    """Say in the health ladder that the snapshot log dropped snapshots lately: the
+    answers are right, but not every one is on record (AMBER)."""
+    health = doc["health"]
+    health["reasons"].append({
+        "code": "SNAPSHOT_LOG_SHEDDING", "state": "AMBER",
+        "detail": f"the snapshot log dropped {recorder.dropped} snapshots (queue full);"
+                  " see ofp_snapshot_log_dropped_total",
+    })
+    if health["state"] == "GREEN":
+        health["state"] = "AMBER"
+
+
+_M = TypeVar("_M", pb.GetFeaturesRequest, pb.GetStatusRequest, pb.GetSnapshotRequest)
 
 
 def request_decoder(message: type[_M]) -> Callable[[bytes], _M | UndecodableRequest]:
@@ -393,6 +542,7 @@ def request_decoder(message: type[_M]) -> Callable[[bytes], _M | UndecodableRequ
 
 decode_request = request_decoder(pb.GetFeaturesRequest)
 decode_status_request = request_decoder(pb.GetStatusRequest)
+decode_snapshot_request = request_decoder(pb.GetSnapshotRequest)
 
 
 class _RpcResult:
@@ -467,7 +617,8 @@ class _RpcScope:
 
 
 def _echoable_request_id(
-    request: pb.GetFeaturesRequest | pb.GetStatusRequest | UndecodableRequest,
+    request: pb.GetFeaturesRequest | pb.GetStatusRequest | pb.GetSnapshotRequest
+    | UndecodableRequest,
 ) -> str | None:
     """The request id to echo: only one the contract allows (1..128 storable characters)."""
     if isinstance(request, UndecodableRequest) or not request.HasField("request_id"):

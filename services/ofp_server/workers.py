@@ -13,27 +13,32 @@ their own graceful drain. `/readyz` is ready while every worker says SERVING
 (the `ofp_server_serving` gauge summed over live workers equals N).
 
 A worker that cannot start at all (a bad configuration, a port held by a
-process without SO_REUSEPORT: exit code 2) is not restarted: the supervisor
-stops the others and exits 2, as a single server would.
+process without SO_REUSEPORT: exit code 2; a database schema that is not this
+build's: exit code 3) is not restarted: the supervisor stops the others and
+exits with that code, as a single server would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, ProcessCollector
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 from ofp.config import Settings
 from ofp.logs import get_logger
 from ofp.metrics_http import MetricsEndpoint, serve_metrics
+from ofp.store.schema import EXIT_SCHEMA
 
 _log = get_logger("ofp.server")
 # A worker that keeps dying is restarted at most this often.
@@ -54,6 +59,12 @@ class Supervisor:
             registry=self.registry)
         self.alive = Gauge("ofp_server_workers", "Server worker processes running",
                            registry=self.registry)
+        # The supervisor's own process and GC; the workers' processes by worker
+        # index (a worker's GC is not exported: prometheus_client's GC collector
+        # is off in multiprocess mode).
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.registry.register(_WorkerProcesses(self.procs))
         # The workers' own samples, merged (their ofp_server_serving is a livesum).
         self.merged = CollectorRegistry()
         MultiProcessCollector(self.merged, path=self.dir)  # type: ignore[no-untyped-call]
@@ -90,9 +101,9 @@ class Supervisor:
                 return
             del self.procs[index]
             self.alive.set(len(self.procs))
-            if code == 2:
+            if code in (2, EXIT_SCHEMA):  # a bad configuration, or not this build's schema
                 _log.error("worker_cannot_start", worker=index, pid=proc.pid, exit_code=code)
-                self.exit_code = 2
+                self.exit_code = code
                 self._stopping.set()
                 return
             self.restarts.inc()
@@ -140,6 +151,28 @@ class Supervisor:
                     _log.error("worker_killed", pid=p.pid, reason="no exit after SIGTERM")
                     p.kill()
             await asyncio.gather(*(p.wait() for p in procs))
+
+
+class _WorkerProcesses(Collector):
+    """Each live worker's CPU, memory and open files, read from /proc at each scrape,
+    as `ofp_server_worker_process_*{worker="<index>"}`."""
+
+    def __init__(self, procs: dict[int, asyncio.subprocess.Process]) -> None:
+        self._procs = procs
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for index, proc in sorted(self._procs.items()):
+            reader = ProcessCollector(pid=functools.partial(int, proc.pid), registry=None,
+                                      namespace="ofp_server_worker")
+            for metric in reader.collect():
+                family = families.get(metric.name)
+                if family is None:
+                    family = families[metric.name] = Metric(
+                        metric.name, metric.documentation, metric.type)
+                for s in metric.samples:
+                    family.add_sample(s.name, {**s.labels, "worker": str(index)}, s.value)
+        yield from families.values()
 
 
 class _Both(CollectorRegistry):

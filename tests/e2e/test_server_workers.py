@@ -14,6 +14,7 @@ import aiohttp
 import asyncpg
 import grpc
 import psutil  # type: ignore[import-untyped]
+import pytest
 
 from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
 from tests.support.cli import cli_env, free_port, process_env
@@ -77,6 +78,12 @@ async def test_two_workers_share_the_port_and_one_endpoint_and_survive_a_kill(
         assert _sample(text, "ofp_grpc_requests_total", method="GetFeatures", code="OK") == 30
         assert _sample(text, "ofp_server_workers") == 2
         assert _sample(text, "ofp_server_serving") == 2
+        # Pool gauges are livesums over the workers; each worker's process by index.
+        assert _sample(text, "ofp_db_pool_connections_max") == 2 * 8
+        for index in ("0", "1"):
+            assert _sample(text, "ofp_server_worker_process_resident_memory_bytes",
+                           worker=index) > 0
+        assert _sample(text, "process_cpu_seconds_total") > 0  # the supervisor's own
         # Both processes answered: each wrote its own samples.
         assert len({p.pid for p in workers}) == 2
 
@@ -107,6 +114,7 @@ async def test_two_workers_share_the_port_and_one_endpoint_and_survive_a_kill(
             await server.wait()
 
 
+@pytest.mark.usefixtures("pool")  # migrated: a bare database is refused (exit 3)
 async def test_a_worker_that_cannot_start_stops_the_supervisor(
     fresh_dsn: str, bus_root: Path, tmp_path: Path
 ) -> None:

@@ -106,8 +106,8 @@ async def test_replay_rebuilds_same_checkpoints_when_target_dsn_given(
             "replay", "--target-dsn", target, env=cli_env(fresh_dsn, bus_root), cwd=tmp_path
         )
         assert rc == 0, err
-        assert "records/s" in err
-        assert "replayed" in out and "checkpoints:" in out
+        assert '"rate_per_s"' in err  # progress lines (a tqdm bar on a terminal)
+        assert "replayed" in out and "checkpoints:" in out and "(dropped" not in out
         assert await checkpoints(target) == await checkpoints(fresh_dsn)
 
         # A second replay into the now non-empty target is refused, in one line.
@@ -120,7 +120,7 @@ async def test_replay_rebuilds_same_checkpoints_when_target_dsn_given(
         await admin.close()
 
 
-async def test_replay_creates_timestamped_database_when_no_target(
+async def test_replay_creates_timestamped_database_and_drops_it_unless_kept_when_no_target(
     pg_server_dsn: str, fresh_dsn: str, bus_root: Path, tmp_path: Path
 ) -> None:
     generate(13, n_events=60, n_partitions=2, noise=False).write(bus_root)
@@ -130,10 +130,22 @@ async def test_replay_creates_timestamped_database_when_no_target(
     try:
         rc, out, err = await run_ofp("replay", env=cli_env(fresh_dsn, bus_root), cwd=tmp_path)
         assert rc == 0, err
+        assert "replayed 60 records" in out and "(dropped; --keep keeps it)" in out
+        after = {r["datname"] for r in await admin.fetch("SELECT datname FROM pg_database")}
+        assert not {d for d in after - before if d.startswith("ofp_replay_")}
+        # Off a terminal the progress is JSON lines on stderr, the last one final.
+        progress = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+        assert progress[-1]["finished"] and progress[-1]["done"] == progress[-1]["total"] == 60
+
+        rc, out, err = await run_ofp("replay", "--keep", "--json",
+                                     env=cli_env(fresh_dsn, bus_root), cwd=tmp_path)
+        assert rc == 0, err
+        summary = json.loads(out)
+        assert summary["records"] == 60 and summary["kept"] is True
+        assert sum(int(p["next_offset"]) for p in summary["partitions"]) == 60
         after = {r["datname"] for r in await admin.fetch("SELECT datname FROM pg_database")}
         created = {d for d in after - before if d.startswith("ofp_replay_")}
         assert len(created) == 1
-        assert "replayed 60 records" in out
     finally:
         for name in created:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -152,6 +164,7 @@ async def test_errors_are_one_masked_line_when_database_unreachable(
         assert len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.usefixtures("pool")  # migrated: a bare database is refused (exit 3)
 async def test_ofp_server_exits_2_naming_the_address_when_its_port_is_taken(
     fresh_dsn: str, bus_root: Path, tmp_path: Path
 ) -> None:

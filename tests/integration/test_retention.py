@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from ofp.contracts.timefmt import format_micros
+from ofp.store.timeparts import list_partitions, period_start
 from tests.support.harness import get_features, project_once, request_proto, running_server
 from tests.support.streams import HOUR_US, brute_force, generate, pins
 
@@ -33,10 +34,14 @@ async def test_state_beyond_the_horizon_is_pruned_and_old_as_of_refused(
     await project_once(pool, bus_root, retention_days=8)
     watermark = max(e.ts_us for e in stream.truth)
     floor = watermark - 8 * DAY_US
+    floor_day = period_start(floor)
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT retained_from_us FROM retention") == floor
-        assert await conn.fetchval("SELECT min(ts_us) FROM feature_events") > floor
-        assert await conn.fetchval("SELECT min(ts_us) FROM event_dedupe") > floor
+        # Whole days are dropped (migration 0009): only the day holding the
+        # floor keeps rows at or below it, which no answered window reads.
+        assert await conn.fetchval("SELECT min(ts_us) FROM feature_events") >= floor_day
+        assert await conn.fetchval("SELECT min(ts_us) FROM event_dedupe") >= floor_day
+        assert not [p for p in await list_partitions(conn) if p.hi_us <= floor + 1]
 
     async with running_server(pool, bus_root) as (_, stub):
         # The newest as-of whose 7-day window still starts at the floor is answered exactly.

@@ -1,14 +1,15 @@
 """The deploy/ manifests and the Dockerfiles pass the offline checks CI runs.
 
-tools/validate_deploy.py renders the kustomizations without kustomize and validates
-them against the bundled Kubernetes schema plus OFP's invariants; hadolint lints the
-Dockerfiles. Both tools come from the dev extras, so a missing one is a failure.
+tools/validate_deploy.py renders the kustomizations with `kubectl kustomize` and
+validates them against the bundled Kubernetes schema plus OFP's invariants; hadolint
+lints the Dockerfiles. The tools come from the dev extras, so a missing one is a failure.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 import subprocess
 import sys
 import textwrap
@@ -153,7 +154,11 @@ def test_validation_rejects_manifest_when_replicas_is_not_an_integer(
         ),
         (
             lambda pod: pod["containers"][0]["resources"].pop("limits"),
-            "resources.limits lacks cpu, memory",
+            "resources.limits lacks memory",
+        ),
+        (
+            lambda pod: pod["containers"][0]["resources"]["limits"].update(cpu="2"),
+            "resources.limits.cpu must not be set on the feature server",
         ),
         (
             lambda pod: pod["containers"][0].update(readinessProbe={"tcpSocket": {"port": 50051}}),
@@ -170,7 +175,7 @@ def test_validation_rejects_manifest_when_replicas_is_not_an_integer(
             "OFP_DATABASE_URL must come from a secretKeyRef",
         ),
     ],
-    ids=["writable-root", "no-limits", "tcp-probe", "latest-image", "literal-dsn"],
+    ids=["writable-root", "no-limits", "cpu-limit", "tcp-probe", "latest-image", "literal-dsn"],
 )
 def test_invariants_reject_server_pod_when_a_rule_is_broken(
     validator: ModuleType, prod_docs: list[dict[str, Any]], mutate: Any, expected: str
@@ -190,7 +195,7 @@ def test_validator_cli_exits_nonzero_when_a_kustomization_has_a_typo(tmp_path: P
             apiVersion: kustomize.config.k8s.io/v1beta1
             kind: Kustomization
             resources:
-              - {REPO_ROOT / "deploy/base"}
+              - {os.path.relpath(REPO_ROOT / "deploy/base", tmp_path)}
             patches:
               - patch: |-
                   apiVersion: apps/v1
@@ -215,32 +220,92 @@ def test_validator_cli_exits_nonzero_when_a_kustomization_has_a_typo(tmp_path: P
     assert "Deployment/ofp-projector: spec.replicas" in result.stderr
 
 
-def test_render_rejects_kustomization_when_it_uses_an_unsupported_key(
+def test_render_rejects_kustomization_when_a_key_is_misspelled(
     validator: ModuleType, tmp_path: Path
 ) -> None:
     (tmp_path / "kustomization.yaml").write_text(
-        "resources: []\nconfigMapGenerator: []\n", encoding="utf-8"
+        "resources: []\nconfigMapGeneratr: []\n", encoding="utf-8"
     )
 
     errors = validator.validate_target(tmp_path)
 
-    assert len(errors) == 1 and "configMapGenerator" in errors[0], errors
+    assert len(errors) == 1 and "configMapGeneratr" in errors[0], errors
 
 
-def test_strategic_merge_merges_named_lists_by_name_when_patching(
-    validator: ModuleType,
+def test_policy_configmap_is_generated_from_the_policy_file_and_rolls_the_pods(
+    validator: ModuleType, prod_docs: list[dict[str, Any]]
 ) -> None:
-    base: dict[str, Any] = {
-        "containers": [{"name": "a", "image": "x:1", "args": ["1"]}, {"name": "b"}]
-    }
-    patch = {"containers": [{"name": "a", "args": ["2"]}, {"name": "c"}], "extra": None}
+    maps = [d for d in prod_docs if d["kind"] == "ConfigMap"
+            and d["metadata"]["name"].startswith("ofp-feature-policy-")]
+    assert len(maps) == 1
+    name = maps[0]["metadata"]["name"]
+    policy = (REPO_ROOT / "config/features_v0.yaml").read_text(encoding="utf-8")
+    assert maps[0]["data"]["features.yaml"] == policy
+    for workload in ("ofp-server", "ofp-projector"):
+        pod = _only(prod_docs, "Deployment", workload)["spec"]["template"]["spec"]
+        assert name in [v.get("configMap", {}).get("name") for v in pod["volumes"]]
 
-    merged = validator.strategic_merge(base, patch)
+    docs = copy.deepcopy(prod_docs)
+    maps = [d for d in docs if d["metadata"]["name"] == name]
+    maps[0]["metadata"]["name"] = "ofp-feature-policy"  # a copy, not the generated map
+    errors = validator.invariant_errors(docs)
+    assert any("is not in the manifests" in e for e in errors), errors
 
-    assert merged == {
-        "containers": [{"name": "a", "image": "x:1", "args": ["2"]}, {"name": "b"}, {"name": "c"}]
-    }
-    assert base["containers"][0]["args"] == ["1"]
+
+def test_migration_job_migrates_and_each_workload_uses_its_own_role(
+    validator: ModuleType, prod_docs: list[dict[str, Any]]
+) -> None:
+    job = _only(prod_docs, "Job", "ofp-migrate")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["ofp", "migrate"]
+    assert _only(prod_docs, "ConfigMap", "ofp-env")["data"]["OFP_AUTO_MIGRATE"] == "false"
+    keys = {}
+    for doc in prod_docs:
+        pod = validator.pod_spec(doc)
+        for c in (pod or {}).get("containers", []):
+            for env in c.get("env", []):
+                if env["name"] == "OFP_DATABASE_URL":
+                    keys[doc["metadata"]["name"]] = env["valueFrom"]["secretKeyRef"]["key"]
+    assert keys == {"ofp-migrate": "migrator-url", "ofp-projector": "projector-url",
+                    "ofp-server": "server-url"}
+
+    docs = copy.deepcopy(prod_docs)
+    for env in _server_pod(docs)["containers"][0]["env"]:
+        if env["name"] == "OFP_DATABASE_URL":
+            env["valueFrom"]["secretKeyRef"]["key"] = "migrator-url"
+    _only(docs, "ConfigMap", "ofp-env")["data"]["OFP_AUTO_MIGRATE"] = "true"
+    errors = validator.invariant_errors(docs)
+    assert any("must come from the key 'server-url'" in e for e in errors), errors
+    assert any("OFP_AUTO_MIGRATE must be" in e for e in errors), errors
+
+
+def test_invariants_reject_an_environment_variable_that_names_no_setting(
+    validator: ModuleType, prod_docs: list[dict[str, Any]]
+) -> None:
+    docs = copy.deepcopy(prod_docs)
+    _only(docs, "ConfigMap", "ofp-env")["data"]["OFP_BATCH_SIZ"] = "10"
+
+    errors = validator.invariant_errors(docs)
+
+    assert errors == ["ofp/ConfigMap/ofp-env: OFP_BATCH_SIZ is not a setting"
+                      " (libs/ofp/config.py)"], errors
+
+
+def test_podmonitor_is_in_prod_only_and_checked_by_hand(
+    validator: ModuleType, prod_docs: list[dict[str, Any]]
+) -> None:
+    local = validator.render(REPO_ROOT / "deploy/overlays/local")
+    assert not [d for d in local if d["kind"] == "PodMonitor"]
+    monitor = _only(prod_docs, "PodMonitor", "ofp")
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+    docs = copy.deepcopy(prod_docs)
+    monitor = _only(docs, "PodMonitor", "ofp")
+    monitor["spec"]["podMetricsEndpoint"] = monitor["spec"].pop("podMetricsEndpoints")
+    monitor["spec"]["selector"]["matchExpressions"][0]["values"].append("ofp-sever")
+    errors = validator.validate_documents(docs)
+    assert any("unknown field 'podMetricsEndpoint'" in e for e in errors), errors
+    assert any("app.kubernetes.io/name=ofp-sever matches no pod" in e for e in errors), errors
 
 
 # ----------------------------------------------------------------------- Dockerfiles

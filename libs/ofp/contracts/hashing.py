@@ -7,6 +7,7 @@ hash the canonical JSON.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ofp.contracts.canonical import canonical_json, digest, sha256_hex
@@ -28,13 +29,27 @@ def basis_digest(stream: str, offset_kind: str, offsets: list[dict[str, Any]]) -
     return digest({"stream": stream, "offset_kind": offset_kind, "offsets": offsets})
 
 
+@functools.lru_cache(maxsize=256)
+def basis_digest_of(stream: str, offset_kind: str,
+                    offsets: tuple[tuple[int, str], ...]) -> str:
+    """`basis_digest` of (partition, offset) pairs. Every answer between two
+    projector commits has the same basis: remembered, not hashed again per request."""
+    return basis_digest(stream, offset_kind,
+                        [{"partition": p, "offset": o} for p, o in offsets])
+
+
 def snapshot_hash(snapshot: dict[str, Any], *, floats_checked: bool = False) -> str:
     """Hash of the hashed fields of a snapshot in its JSON form (graph_version null when unused).
 
     `floats_checked`: the caller built the snapshot from integers and strings only.
     """
+    return sha256_hex(hashed_bytes(snapshot, floats_checked=floats_checked))
+
+
+def hashed_bytes(snapshot: dict[str, Any], *, floats_checked: bool = False) -> bytes:
+    """The bytes `snapshot_hash` is the SHA-256 of: the canonical JSON of the hashed fields."""
     body = {name: snapshot.get(name) for name in HASHED_FIELDS}
-    return sha256_hex(canonical_json(body, floats_checked=floats_checked))
+    return canonical_json(body, floats_checked=floats_checked)
 
 
 def normalize_json_snapshot(snapshot: dict[str, Any]) -> dict[str, Any]:

@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import asyncpg
 
 from ofp.model import Pins, ReadProbes, SnapshotRow
 
 from .reads import read_snapshots
+
+T = TypeVar("T")
 
 # One statement carries at most this many requests and cells (a request
 # larger than the cell bound goes alone): the statement's parameters and the
@@ -51,8 +55,11 @@ class CoalescingReader:
         *,
         in_flight: int,
         on_statement: Callable[[int], None] | None = None,
+        on_timing: Callable[[float, float], None] | None = None,
     ) -> None:
-        """`on_statement(n)` is told how many requests each statement answers."""
+        """`on_statement(n)` is told how many requests each statement answers;
+        `on_timing(acquire_s, statement_s)` how long each waited for a pooled
+        connection and then ran."""
         if in_flight < 1:
             raise ValueError("in_flight must be >= 1")
         self._pool = pool
@@ -61,11 +68,27 @@ class CoalescingReader:
         self._waiting: deque[_Waiting] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_statement = on_statement
+        self._on_timing = on_timing
 
     async def read(self, *, stream: str, pins: Pins, probes: ReadProbes,
                    revision: tuple[str, str] | None = None) -> SnapshotRow | None:
         """The request's snapshot row (None: no such revision, or none active), possibly
         read with others planned with the same `revision` (None: the active one)."""
+        if not self._waiting and self._running < self._in_flight:
+            # Nothing to share a statement with and a slot free: read in the
+            # caller's own task (no future, no task, no hand-over: the common
+            # case below saturation). Requests arriving meanwhile queue and
+            # are coalesced when a slot frees.
+            self._running += 1
+            try:
+                if self._on_statement is not None:
+                    self._on_statement(1)
+                rows = await self._statement(stream=stream, reads=[(pins, probes)],
+                                             revision=revision)
+            finally:
+                self._running -= 1
+                self._start()
+            return None if rows is None else rows[0]
         future: asyncio.Future[SnapshotRow | None] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(stream, pins, probes, future, revision))
         self._start()
@@ -112,12 +135,11 @@ class CoalescingReader:
             if self._on_statement is not None:
                 self._on_statement(len(live))
             try:
-                rows = await read_snapshots(
-                    self._pool,
+                rows = await _unless_abandoned(live, self._statement(
                     stream=live[0].stream,
                     reads=[(w.pins, w.probes) for w in live],
                     revision=live[0].revision,
-                )
+                ))
             except asyncio.CancelledError:
                 for w in live:
                     w.future.cancel()
@@ -134,6 +156,19 @@ class CoalescingReader:
             self._running -= 1
             self._start()
 
+    async def _statement(self, *, stream: str, reads: list[tuple[Pins, ReadProbes]],
+                         revision: tuple[str, str] | None) -> list[SnapshotRow] | None:
+        if self._on_timing is None:
+            return await read_snapshots(self._pool, stream=stream, reads=reads,
+                                        revision=revision)
+        t0 = time.perf_counter()
+        async with self._pool.acquire() as conn:
+            t1 = time.perf_counter()
+            rows = await read_snapshots(cast(asyncpg.Connection, conn), stream=stream,
+                                        reads=reads, revision=revision)
+        self._on_timing(t1 - t0, time.perf_counter() - t1)
+        return rows
+
     async def close(self) -> None:
         """Cancel the statements still running (server shutdown)."""
         for task in list(self._tasks):
@@ -141,3 +176,28 @@ class CoalescingReader:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def _unless_abandoned(live: list[_Waiting], work: Awaitable[T]) -> T:
+    """`work`, cancelled once every request it answers has given up (deadline,
+    caller gone). A statement lost on the network (a partition, a connection
+    whose state a firewall dropped) is never answered: left to run, it would hold
+    one of the `in_flight` slots for the pool's command timeout (30 s), and with
+    every slot held no read at all would run after the network came back
+    (docs/decisions.md, "A statement lost on the network")."""
+    task = asyncio.ensure_future(work)
+    remaining = len(live)
+
+    def gone(_: object) -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0:
+            task.cancel()
+
+    for w in live:
+        w.future.add_done_callback(gone)
+    try:
+        return await task
+    finally:
+        for w in live:
+            w.future.remove_done_callback(gone)

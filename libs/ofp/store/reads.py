@@ -10,6 +10,7 @@ arrived.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -129,6 +130,93 @@ WHERE (pol.policy_id, pol.revision)
     = (SELECT coalesce($25, a.policy_id), coalesce($26, a.revision) FROM active_policy a)
 """.replace("{watermark}", WATERMARK_EXPR)
 
+# One request alone (the common case when requests do not overlap): the same
+# read as SNAPSHOTS_SQL with the pin set and as-of as scalars, so PostgreSQL
+# neither unnests nor joins the batch's request and pin-set arrays, and the
+# driver encodes 17 arrays fewer. Same values, same basis, same snapshot rule.
+SNAPSHOT_ONE_SQL = """
+WITH sc AS (
+    SELECT scope_id FROM run_scopes
+    WHERE platform_run_id = $2 AND scenario_run_id = $3 AND scenario_id = $4
+      AND manifest_fingerprint = $5 AND parameter_hash = $6 AND seed = $7::numeric
+),
+win AS (
+    SELECT (w.ord - 1)::integer AS win, w.lo_us, w.hi_us, w.edge_lo_end_us, w.tile_from_us,
+           w.tile_to_us, w.edge_hi_start_us
+    FROM unnest($8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[],
+                $13::bigint[])
+        WITH ORDINALITY AS w(lo_us, hi_us, edge_lo_end_us, tile_from_us, tile_to_us,
+                             edge_hi_start_us, ord)
+),
+cell AS (
+    SELECT (c.ord - 1)::integer AS cell, sc.scope_id, c.group_id, c.key_id
+    FROM unnest($15::smallint[], $16::text[]) WITH ORDINALITY AS c(group_id, key_id, ord)
+    LEFT JOIN sc ON true  -- a pin set never seen: cells with no scope, as in the batch form
+),
+probe AS (
+    SELECT c.cell, c.scope_id, c.group_id, c.key_id, w.*
+    FROM unnest($17::smallint[], $18::integer[]) AS gw(group_id, win)
+    JOIN cell c ON c.group_id = gw.group_id
+    JOIN win w ON w.win = gw.win
+),
+vals AS (
+    SELECT p.cell, p.win,
+           (coalesce(t.n, 0) + e1.n + e2.n)::bigint AS n,
+           coalesce(t.s, 0) + coalesce(e1.s, 0) + coalesce(e2.s, 0) AS s
+    FROM probe p
+    CROSS JOIN LATERAL (
+        SELECT sum(event_count) AS n, sum(amount_sum) AS s FROM feature_tiles t
+        WHERE t.scope_id = p.scope_id AND t.group_id = p.group_id AND t.key_id = p.key_id
+          AND t.tile_start_us >= p.tile_from_us AND t.tile_start_us < p.tile_to_us) t
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n, sum(amount) AS s FROM feature_events e
+        WHERE e.scope_id = p.scope_id AND e.group_id = p.group_id AND e.key_id = p.key_id
+          AND e.ts_us > p.lo_us AND e.ts_us < p.edge_lo_end_us) e1
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n, sum(amount) AS s FROM feature_events e
+        WHERE e.scope_id = p.scope_id AND e.group_id = p.group_id AND e.key_id = p.key_id
+          AND e.ts_us >= p.edge_hi_start_us AND e.ts_us <= p.hi_us) e2
+),
+lasts AS (
+    SELECT c.cell, (
+        SELECT max(e.ts_us) FROM feature_events e
+        WHERE e.scope_id = c.scope_id AND e.group_id = c.group_id AND e.key_id = c.key_id
+          AND e.ts_us > lg.lo_us AND e.ts_us <= $14) AS last_us
+    FROM cell c
+    JOIN unnest($19::smallint[], $20::bigint[]) AS lg(group_id, lo_us)
+        ON lg.group_id = c.group_id
+),
+cp AS (
+    SELECT partition, offset_kind, next_offset, max_event_us, closed
+    FROM checkpoints WHERE stream = $1
+)
+SELECT pol.policy_id, pol.revision, pol.content_digest, pol.run_config_digest,
+       a.epoch, (SELECT scope_id FROM sc) AS scope_id,
+       (SELECT retained_from_us FROM retention WHERE stream = $1) AS retained_from_us,
+       c.offset_kinds, c.partitions, c.offsets, c.watermark_us,
+       v.val_cells, v.val_wins, v.val_counts, v.val_sums, l.last_cells, l.last_us
+FROM active_policy a
+JOIN policies pol ON (pol.policy_id, pol.revision)
+    = (coalesce($21, a.policy_id), coalesce($22, a.revision))
+CROSS JOIN (
+    SELECT array_agg(DISTINCT offset_kind) AS offset_kinds,
+           array_agg(partition ORDER BY partition) AS partitions,
+           array_agg(next_offset::text ORDER BY partition) AS offsets,
+           {watermark} AS watermark_us
+    FROM cp) c
+CROSS JOIN (
+    SELECT array_agg(cell ORDER BY cell, win) AS val_cells,
+           array_agg(win ORDER BY cell, win) AS val_wins,
+           array_agg(n ORDER BY cell, win) AS val_counts,
+           array_agg(trim_scale(s)::text ORDER BY cell, win) AS val_sums
+    FROM vals) v
+CROSS JOIN (
+    SELECT array_agg(cell ORDER BY cell) AS last_cells,
+           array_agg(last_us ORDER BY cell) AS last_us
+    FROM lasts) l
+""".replace("{watermark}", WATERMARK_EXPR)
+
+
 async def read_snapshot(
     conn: asyncpg.Connection | asyncpg.Pool,
     *,
@@ -213,6 +301,8 @@ def snapshot_args(stream: str, reads: Sequence[tuple[Pins, ReadProbes]],
         lg_lo,
         None if revision is None else revision[0],
         None if revision is None else revision[1],
+        min([x.lo_us for x in windows] + lg_lo, default=0),
+        max(r_as_of, default=0),
     ]
     return args, _Layout(r_ps, c_req, cell_base, win_base)
 
@@ -283,6 +373,8 @@ async def _read_with_features(
                 [x.aggregate for x in probes],
                 [x.d0_us for x in w],
                 [x.d1_us for x in w],
+                min(x.lo_us for x in w),
+                max(x.hi_us for x in w),
             )
             for res in results:
                 r, i = owner[int(res["i"]) - 1]
@@ -439,6 +531,60 @@ LEFT JOIN LATERAL (
 """
 
 
+def _time_bounded(sql: str, lo: str, hi: str, prefix: str = "fv_") -> str:
+    """`sql` with every read of a time-partitioned table (migration 0009) also
+    bounded by the union of the statement's windows: lo < time <= hi (`lo`, `hi`:
+    parameters holding the least lo and the largest hi). Redundant for the
+    answer, since each probe reads inside its own window (tiles start after lo
+    and at or before hi); but the bounds are known when the plan starts, so
+    PostgreSQL leaves out the partitions outside them before initializing their
+    scans, where the per-probe bounds only prune on each rescan, after every
+    partition's scan was set up."""
+    tables = r"(?:fv_events|fv_tiles|fv_distinct|fv_sketches|feature_events|feature_tiles)"
+    events = rf"(?:FROM|JOIN) {prefix}\w*events (\w+)\s+(?:WHERE|ON) "
+    tiles = rf"(?:FROM|JOIN) {prefix}\w*(?:tiles|distinct|sketches) (\w+)\s+(?:WHERE|ON) "
+    out, n_events = re.subn(events, lambda m: m.group(0).rstrip() + f" {m.group(1)}.ts_us > {lo}"
+                            f" AND {m.group(1)}.ts_us <= {hi} AND ", sql)
+    out, n_tiles = re.subn(tiles, lambda m: m.group(0).rstrip() + f" {m.group(1)}.tile_start_us"
+                           f" > {lo} AND {m.group(1)}.tile_start_us <= {hi} AND ", out)
+    assert n_events + n_tiles == len(re.findall(rf"(?:FROM|JOIN) {tables}\b", sql)), sql
+    return out
+
+
+FEATURE_VALUES_SQL = _time_bounded(FEATURE_VALUES_SQL, "$19", "$20")
+# The v0 statements likewise: the least lo of their windows (the longest
+# window's, which `last_from` starts at) and the largest as-of.
+SNAPSHOTS_SQL = _time_bounded(SNAPSHOTS_SQL, "$27", "$28", prefix="feature_")
+SNAPSHOT_ONE_SQL = _time_bounded(SNAPSHOT_ONE_SQL, "$23", "$24", prefix="feature_")
+
+
+def snapshot_one_args(stream: str, pins: Pins, probes: ReadProbes,
+                      revision: tuple[str, str] | None = None) -> list[Any]:
+    """`SNAPSHOT_ONE_SQL`'s parameters for one request's read."""
+    windows = probes.windows
+    return [
+        stream, pins[0], pins[1], pins[2], pins[3], pins[4], Decimal(pins[5]),
+        [x.lo_us for x in windows],
+        [x.hi_us for x in windows],
+        [x.edge_lo_end_us for x in windows],
+        [x.tile_from_us for x in windows],
+        [x.tile_to_us for x in windows],
+        [x.edge_hi_start_us for x in windows],
+        probes.as_of_us,
+        [g for g, _ in probes.cells],
+        [k for _, k in probes.cells],
+        [g for g, _ in probes.group_windows],
+        [w for _, w in probes.group_windows],
+        [g for g, _ in probes.last_from],
+        [lo for _, lo in probes.last_from],
+        None if revision is None else revision[0],
+        None if revision is None else revision[1],
+        min([x.lo_us for x in windows] + [lo for _, lo in probes.last_from],
+            default=probes.as_of_us),
+        probes.as_of_us,
+    ]
+
+
 async def _read_snapshots(
     conn: Any,
     *,
@@ -446,16 +592,25 @@ async def _read_snapshots(
     reads: Sequence[tuple[Pins, ReadProbes]],
     revision: tuple[str, str] | None = None,
 ) -> list[SnapshotRow] | None:
-    args, layout = snapshot_args(stream, reads, revision)
-    r_ps, c_req, cell_base, win_base = (
-        layout.r_ps, layout.c_req, layout.cell_base, layout.win_base)
-    row = await conn.fetchrow(SNAPSHOTS_SQL, *args)
-    if row is None:
-        return None
+    if len(reads) == 1:
+        pins, probes = reads[0]
+        row = await conn.fetchrow(
+            SNAPSHOT_ONE_SQL, *snapshot_one_args(stream, pins, probes, revision))
+        if row is None:
+            return None
+        r_ps, c_req, cell_base, win_base = [0], [], [0], [0]
+        scope_ids = [row["scope_id"]]
+    else:
+        args, layout = snapshot_args(stream, reads, revision)
+        r_ps, c_req, cell_base, win_base = (
+            layout.r_ps, layout.c_req, layout.cell_base, layout.win_base)
+        row = await conn.fetchrow(SNAPSHOTS_SQL, *args)
+        if row is None:
+            return None
+        scope_ids = row["scope_ids"] or []
     partitions = row["partitions"] or []
     offsets = [(int(p), str(o)) for p, o in zip(partitions, row["offsets"] or [], strict=True)]
     offset_kinds = list(row["offset_kinds"] or [])
-    scope_ids = row["scope_ids"] or []
     # array_agg over no rows is NULL, not an empty array.
     val_cells = row["val_cells"] or []
     val_wins = row["val_wins"] or []

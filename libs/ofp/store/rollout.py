@@ -291,11 +291,14 @@ async def apply_backfill(
         scopes = {**scope_cache, **await resolve_scopes(conn, {c.pins for c in cands},
                                                         scope_cache)}
         keys = sorted({(scopes[c.pins], c.event_id) for c in cands})
+        # A dedupe row at or below the floor counts as gone (its time partition
+        # may not be dropped yet).
         rows = await conn.fetch(
             "SELECT d.scope_id, d.event_id, d.payload_hash FROM event_dedupe d"
             " JOIN unnest($1::integer[], $2::text[]) AS u(s, e)"
-            " ON d.scope_id = u.s AND d.event_id = u.e",
-            [k[0] for k in keys], [k[1] for k in keys])
+            " ON d.scope_id = u.s AND d.event_id = u.e AND d.ts_us > $3",
+            [k[0] for k in keys], [k[1] for k in keys],
+            -(2**63) if floor is None else floor)
         applied_hash = {(int(r[0]), r[1]): bytes(r[2]) for r in rows}
         events: dict[tuple[int, str], Candidate] = {}
         for c in cands:

@@ -13,8 +13,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-import datasketches as ds
+# numpy before datasketches: datasketches' extension imports numpy through the
+# numpy C API, which prints and swallows a KeyboardInterrupt raised meanwhile; a
+# Ctrl-C during that import was lost and the workload started regardless
+# (docs/decisions.md, "Signals from the first instruction"). Imported first, numpy
+# raises it like any import.
 import numpy as np
+
+# isort: split
+import datasketches as ds
 
 LG_K = 12
 _TYPE = ds.tgt_hll_type.HLL_8

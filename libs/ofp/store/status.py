@@ -45,7 +45,10 @@ SELECT (SELECT stream FROM s) AS stream,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(partition, outcome, reason, n)),
                         '[]'::jsonb)
         FROM outcome_counters WHERE stream = (SELECT stream FROM s)) AS counters,
-       (SELECT count(*) FROM quarantine WHERE stream = (SELECT stream FROM s))
+       (SELECT count(*) FROM quarantine WHERE stream = (SELECT stream FROM s)
+        -- a replayed record that was applied (or found a duplicate, or ignored)
+        -- is resolved (ofp.store.quarantine)
+        AND (replay_outcome IS NULL OR replay_outcome = 'QUARANTINED'))
            AS quarantine_open
 """
 

@@ -368,7 +368,8 @@ async def apply_batch(
         valid_ts: list[int] = []
         if candidates:
             settled = await _settle_and_store(conn, candidates, scopes, group_ids,
-                                              mark_seen=mark_seen)
+                                              mark_seen=mark_seen, partition=partition,
+                                              floor_us=floor_us)
             valid_ts = settled.valid_ts
             quarantined.extend(settled.conflicts)
             if settled.applied:
@@ -504,6 +505,8 @@ async def _settle_and_store(
     group_ids: list[int],
     *,
     mark_seen: bool = False,
+    partition: int | None = None,
+    floor_us: int | None = None,
 ) -> _Settled:
     """Dedupe settlement and state, judged as if the records came one at a time.
 
@@ -523,27 +526,42 @@ async def _settle_and_store(
         else:
             first_seen[k] = c
             firsts.append((r, c))
-    has_values = await _stage(conn, first_seen, group_ids)
+    # Where each applied event sits on the bus, kept with its dedupe row for the
+    # late-data audit (docs/audit.md).
+    origin = None if partition is None else (
+        partition, {(scopes[c.pins], c.event_id): r.offset for r, c in firsts})
+    has_values = await _stage(conn, first_seen, group_ids, origin)
+    # The ids the store holds at any event time above the floor (each in the
+    # partition of its own time): they leave the stage before the insert, so
+    # none is claimed twice at two times (docs/decisions.md, "Time-partitioned
+    # state", the dedupe key).
+    held = await _held_ids(conn, floor_us)
+    if held:
+        await unstage(conn, held, has_values=has_values)
     # Keys the store already held: usually none, which the insert's row
     # count shows without sending any key back.
     status = await conn.execute(_INSERT_DEDUPE)
     rejected: set[tuple[int, str]] = set()
-    if int(status.rsplit(" ", 1)[1]) != len(first_seen):
+    if int(status.rsplit(" ", 1)[1]) != len(first_seen) - len(held):
         rejected = {(int(r[0]), r[1]) for r in await conn.fetch(_REJECTED_DEDUPE)}
     # The payload hash of the copy each event_id was applied with.
-    reference = {k: c.payload_hash for k, c in first_seen.items() if k not in rejected}
+    reference = {k: c.payload_hash for k, c in first_seen.items()
+                 if k not in rejected and k not in held}
     if rejected:
         # A separate statement: it must see rows that a concurrent batch
         # committed while the insert above waited for them.
         rows = await conn.fetch(
             "SELECT d.scope_id, d.event_id, d.payload_hash FROM event_dedupe d"
-            " JOIN unnest($1::integer[], $2::text[]) AS u(s, e)"
-            " ON d.scope_id = u.s AND d.event_id = u.e",
+            " JOIN unnest($1::integer[], $2::text[], $3::bigint[]) AS u(s, e, t)"
+            " ON d.scope_id = u.s AND d.event_id = u.e AND d.ts_us = u.t",
             [k[0] for k in rejected],
             [k[1] for k in rejected],
+            [first_seen[k].ts_us for k in rejected],
         )
         for row in rows:
             reference[(int(row[0]), row[1])] = bytes(row[2])
+    reference.update(held)
+    rejected |= held.keys()
     settled.applied = len(first_seen) - len(rejected)
     settled.valid_ts = [c.ts_us for k, c in first_seen.items() if k not in rejected]
     for rec, cand in [*((r, c) for r, c in firsts if (scopes[c.pins], c.event_id) in rejected),
@@ -570,7 +588,8 @@ async def _settle_and_store(
 
 
 async def _stage(
-    conn: Conn, events: dict[tuple[int, str], Candidate], group_ids: list[int]
+    conn: Conn, events: dict[tuple[int, str], Candidate], group_ids: list[int],
+    origin: tuple[int, dict[tuple[int, str], int]] | None = None,
 ) -> bool:
     """Copy `events` into the batch's staging tables; True when v1 values were staged.
 
@@ -585,20 +604,23 @@ async def _stage(
     """
     rows: list[tuple[Any, ...]] = []
     values: list[tuple[Any, ...]] = []
+    bus_partition, offsets = origin if origin is not None else (None, {})
     for k, c in events.items():
         first = True
+        offset = offsets.get(k)
+        where = (bus_partition, None if offset is None else str(offset))
         for contrib in c.contributions:
             gid = group_ids[contrib.group_index]
             if contrib.values is None:
                 rows.append((k[0], k[1], c.payload_hash, c.ts_us, first, gid,
-                             contrib.key_id, str(contrib.amount)))
+                             contrib.key_id, str(contrib.amount), *where))
                 first = False
             else:
                 values.extend(
                     (k[0], k[1], gid, contrib.key_id, feature, c.ts_us, num, val, kept == 1)
                     for feature, num, val, kept in contrib.values)
         if first:
-            rows.append((k[0], k[1], c.payload_hash, c.ts_us, True, 0, "", "0"))
+            rows.append((k[0], k[1], c.payload_hash, c.ts_us, True, 0, "", "0", *where))
     await conn.execute(_STAGING_TABLE)
     await conn.copy_records_to_table("ofp_batch", records=rows, columns=_STAGED_COLUMNS)
     if values:
@@ -833,16 +855,18 @@ _STAGING_TABLE = (
     "CREATE TEMP TABLE IF NOT EXISTS ofp_batch (scope_id integer NOT NULL,"
     " event_id text NOT NULL, payload_hash bytea NOT NULL, ts_us bigint NOT NULL,"
     " first boolean NOT NULL, group_id smallint NOT NULL, key_id text NOT NULL,"
-    " amount text NOT NULL) ON COMMIT DELETE ROWS"
+    " amount text NOT NULL, bus_partition integer, bus_offset text) ON COMMIT DELETE ROWS"
 )
 _STAGED_COLUMNS = [
-    "scope_id", "event_id", "payload_hash", "ts_us", "first", "group_id", "key_id", "amount"
+    "scope_id", "event_id", "payload_hash", "ts_us", "first", "group_id", "key_id", "amount",
+    "bus_partition", "bus_offset",
 ]
 # Rows are inserted in key order (code point order, as Python sorts str) so
 # concurrent batches of different partitions take row locks in one order.
 _INSERT_DEDUPE = (
-    "INSERT INTO event_dedupe (scope_id, event_id, payload_hash, ts_us)"
-    " SELECT scope_id, event_id, payload_hash, ts_us FROM ofp_batch WHERE first"
+    "INSERT INTO event_dedupe (scope_id, event_id, payload_hash, ts_us, bus_partition,"
+    " bus_offset) SELECT scope_id, event_id, payload_hash, ts_us, bus_partition,"
+    " bus_offset::numeric FROM ofp_batch WHERE first"
     ' ORDER BY scope_id, event_id COLLATE "C"'
     " ON CONFLICT DO NOTHING"
 )
@@ -855,6 +879,35 @@ _REJECTED_DEDUPE = (
     " (SELECT 1 FROM event_dedupe d WHERE d.scope_id = b.scope_id"
     " AND d.event_id = b.event_id AND d.xmin = pg_current_xact_id()::xid)"
 )
+# The batch's ids claimed in event_claims (migration 0009): a concurrent batch
+# holding one of them makes the insert wait until it ends, after which its
+# dedupe row is visible to the next statement, whatever time partition it
+# went to. Deleted again at once: the wait is on the inserting transaction,
+# which holds it until commit, not on the row. One round trip.
+_CLAIM_IDS = (
+    "INSERT INTO event_claims (scope_id, event_id) SELECT scope_id, event_id FROM ofp_batch"
+    ' WHERE first ORDER BY scope_id, event_id COLLATE "C" ON CONFLICT DO NOTHING;'
+    " DELETE FROM event_claims c USING ofp_batch b WHERE b.first"
+    " AND c.scope_id = b.scope_id AND c.event_id = b.event_id"
+)
+# The staged ids the store holds above the retention floor ($1), at any event
+# time: one index probe per time partition (a row at or below the floor counts
+# as gone, as it did when retention deleted rows).
+_HELD_DEDUPE = (
+    "SELECT b.scope_id, b.event_id, h.payload_hash FROM ofp_batch b CROSS JOIN LATERAL"
+    " (SELECT d.payload_hash FROM event_dedupe d WHERE d.scope_id = b.scope_id"
+    " AND d.event_id = b.event_id AND d.ts_us > $1 LIMIT 1) h WHERE b.first"
+)
+_NO_FLOOR = -(2**63)
+
+
+async def _held_ids(conn: Conn, floor_us: int | None) -> dict[tuple[int, str], bytes]:
+    """Claim the staged ids, then the payload hash of each the store already holds."""
+    await conn.execute(_CLAIM_IDS)
+    rows = await conn.fetch(_HELD_DEDUPE, _NO_FLOOR if floor_us is None else floor_us)
+    return {(int(r[0]), r[1]): bytes(r[2]) for r in rows}
+
+
 # The applied events of the batch (the stage holds only those by now), for
 # the backfill of a staged revision (ofp.store.rollout).
 _INSERT_SEEN = (
@@ -956,17 +1009,19 @@ _INSERT_DISTINCT = (
 async def prune_retention(
     conn: Conn, *, stream: str, horizon_us: int
 ) -> int | None:
-    """Remove state at or below `min(watermark, database clock) - horizon`; return the
-    new floor, or None.
+    """Give up state at or below `min(watermark, database clock) - horizon`; return
+    the new floor, or None.
 
     The database clock caps the cutoff, so no event time, however far in the
-    future, can make retention delete what a request with an as-of near the
-    present could need. The floor is raised in the same transaction as the
-    deletes, so a reader either sees the old state and the old floor, or
-    neither: an as-of whose largest window reaches below the floor is refused,
-    never answered with a partial sum. The exclusive retention lock waits for
-    the batches in flight (they hold it shared), so none of them can apply an
-    event at or below the new floor after its dedupe row is gone.
+    future, can make retention give up what a request with an as-of near the
+    present could need. Raising the floor is the whole of it here: from then
+    on an as-of whose largest window reaches below the floor is refused (never
+    answered with a partial sum), so no read needs the rows below it, and the
+    time partitions wholly below it are dropped afterwards
+    (`ofp.store.timeparts.maintain`): never a row DELETE. The exclusive
+    retention lock waits for the batches in flight (they hold it shared), so
+    none of them applies an event at or below the new floor, and a dedupe
+    row at or below it counts as gone (`_HELD_DEDUPE`).
     """
     async with conn.transaction():
         await check_stream(conn, stream)
@@ -993,21 +1048,10 @@ async def prune_retention(
             stream,
             cutoff,
         )
-        # The state tables carry no stream: one database serves one stream
-        # (`claim_stream`), so the whole of them is this stream's.
-        await conn.execute("DELETE FROM feature_events WHERE ts_us <= $1", cutoff)
-        # A tile goes only when every instant it covers is at or below the cutoff.
-        await conn.execute(
-            "DELETE FROM feature_tiles WHERE tile_start_us + $2::bigint <= $1::bigint + 1",
-            cutoff,
-            TILE_US,
-        )
-        await conn.execute("DELETE FROM event_dedupe WHERE ts_us <= $1", cutoff)
-        await conn.execute("DELETE FROM fv_events WHERE ts_us <= $1", cutoff)
-        for tiles in ("fv_tiles", "fv_distinct", "fv_sketches"):
-            await conn.execute(
-                f"DELETE FROM {tiles} WHERE tile_start_us + tile_us <= $1::bigint + 1", cutoff
-            )
+        # Nothing is deleted: the rows at or below the new floor are never
+        # read again (a window that reaches them is refused), and the weeks
+        # that hold only such rows are dropped whole afterwards, outside this
+        # transaction (`ofp.store.timeparts.maintain`, migration 0009).
     return cutoff
 
 

@@ -48,6 +48,15 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NOT_FOUND: _ClassVar[ErrorCode]
     UNAVAILABLE: _ClassVar[ErrorCode]
     MISSING_PROVENANCE: _ClassVar[ErrorCode]
+
+class ReadReplicaState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    READ_REPLICA_STATE_UNSPECIFIED: _ClassVar[ReadReplicaState]
+    UNKNOWN: _ClassVar[ReadReplicaState]
+    IN_ROTATION: _ClassVar[ReadReplicaState]
+    LAGGING: _ClassVar[ReadReplicaState]
+    PROMOTED: _ClassVar[ReadReplicaState]
+    UNREACHABLE: _ClassVar[ReadReplicaState]
 OFFSET_KIND_UNSPECIFIED: OffsetKind
 kinesis_sequence: OffsetKind
 kafka_offset: OffsetKind
@@ -71,6 +80,12 @@ INVALID_REQUEST: ErrorCode
 NOT_FOUND: ErrorCode
 UNAVAILABLE: ErrorCode
 MISSING_PROVENANCE: ErrorCode
+READ_REPLICA_STATE_UNSPECIFIED: ReadReplicaState
+UNKNOWN: ReadReplicaState
+IN_ROTATION: ReadReplicaState
+LAGGING: ReadReplicaState
+PROMOTED: ReadReplicaState
+UNREACHABLE: ReadReplicaState
 
 class GetFeaturesRequest(_message.Message):
     __slots__ = ("pins", "as_of_time_utc", "feature_keys", "feature_groups", "graph_resolution_mode", "request_id", "policy_revision", "as_of_time", "min_basis")
@@ -307,7 +322,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self, stream: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("status", "stream", "observed_at_utc", "policy", "policy_activated_at_utc", "watermark_utc", "watermark_age_ms", "partitions", "totals", "quarantine_open", "health", "request_id")
+    __slots__ = ("status", "stream", "observed_at_utc", "policy", "policy_activated_at_utc", "watermark_utc", "watermark_age_ms", "partitions", "totals", "quarantine_open", "health", "request_id", "read_replicas")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
@@ -320,6 +335,7 @@ class GetStatusResponse(_message.Message):
     QUARANTINE_OPEN_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    READ_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     status: str
     stream: str
     observed_at_utc: str
@@ -332,7 +348,8 @@ class GetStatusResponse(_message.Message):
     quarantine_open: int
     health: HealthStatus
     request_id: str
-    def __init__(self, status: _Optional[str] = ..., stream: _Optional[str] = ..., observed_at_utc: _Optional[str] = ..., policy: _Optional[_Union[FeatureDefPolicyRev, _Mapping]] = ..., policy_activated_at_utc: _Optional[str] = ..., watermark_utc: _Optional[str] = ..., watermark_age_ms: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[PartitionStatus, _Mapping]]] = ..., totals: _Optional[_Union[OutcomeCounts, _Mapping]] = ..., quarantine_open: _Optional[int] = ..., health: _Optional[_Union[HealthStatus, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    read_replicas: _containers.RepeatedCompositeFieldContainer[ReadReplicaStatus]
+    def __init__(self, status: _Optional[str] = ..., stream: _Optional[str] = ..., observed_at_utc: _Optional[str] = ..., policy: _Optional[_Union[FeatureDefPolicyRev, _Mapping]] = ..., policy_activated_at_utc: _Optional[str] = ..., watermark_utc: _Optional[str] = ..., watermark_age_ms: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[PartitionStatus, _Mapping]]] = ..., totals: _Optional[_Union[OutcomeCounts, _Mapping]] = ..., quarantine_open: _Optional[int] = ..., health: _Optional[_Union[HealthStatus, _Mapping]] = ..., request_id: _Optional[str] = ..., read_replicas: _Optional[_Iterable[_Union[ReadReplicaStatus, _Mapping]]] = ...) -> None: ...
 
 class PartitionStatus(_message.Message):
     __slots__ = ("partition", "offset_kind", "next_offset", "event_time_high_utc", "last_applied_at_utc", "updated_at_utc", "checkpoint_age_ms", "lag_records", "lag_ms", "lag_observed_at_utc", "closed", "lease_owner", "outcomes")
@@ -424,6 +441,24 @@ class HealthThresholds(_message.Message):
     quarantine_amber: int
     def __init__(self, checkpoint_amber_s: _Optional[int] = ..., checkpoint_red_s: _Optional[int] = ..., watermark_amber_s: _Optional[int] = ..., watermark_red_s: _Optional[int] = ..., quarantine_amber: _Optional[int] = ...) -> None: ...
 
+class ReadReplicaStatus(_message.Message):
+    __slots__ = ("name", "state", "in_rotation", "lag_bytes", "lag_ms", "checked_at_utc", "error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    IN_ROTATION_FIELD_NUMBER: _ClassVar[int]
+    LAG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: ReadReplicaState
+    in_rotation: bool
+    lag_bytes: int
+    lag_ms: int
+    checked_at_utc: str
+    error: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ReadReplicaState, str]] = ..., in_rotation: _Optional[bool] = ..., lag_bytes: _Optional[int] = ..., lag_ms: _Optional[int] = ..., checked_at_utc: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
 class CanonicalEnvelope(_message.Message):
     __slots__ = ("event_id", "event_type", "ts_utc", "manifest_fingerprint", "parameter_hash", "seed", "scenario_id", "platform_run_id", "scenario_run_id", "run_id", "schema_version", "emitted_at_utc", "trace_id", "span_id", "parent_event_id", "producer", "payload")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -461,3 +496,43 @@ class CanonicalEnvelope(_message.Message):
     producer: str
     payload: _struct_pb2.Struct
     def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., ts_utc: _Optional[str] = ..., manifest_fingerprint: _Optional[str] = ..., parameter_hash: _Optional[str] = ..., seed: _Optional[int] = ..., scenario_id: _Optional[str] = ..., platform_run_id: _Optional[str] = ..., scenario_run_id: _Optional[str] = ..., run_id: _Optional[str] = ..., schema_version: _Optional[str] = ..., emitted_at_utc: _Optional[str] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., parent_event_id: _Optional[str] = ..., producer: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class GetFeaturesBatchRequest(_message.Message):
+    __slots__ = ("request",)
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: GetFeaturesRequest
+    def __init__(self, request: _Optional[_Union[GetFeaturesRequest, _Mapping]] = ...) -> None: ...
+
+class GetFeaturesBatchResponse(_message.Message):
+    __slots__ = ("index", "response", "error")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    response: GetFeaturesResponse
+    error: ErrorResponse
+    def __init__(self, index: _Optional[int] = ..., response: _Optional[_Union[GetFeaturesResponse, _Mapping]] = ..., error: _Optional[_Union[ErrorResponse, _Mapping]] = ...) -> None: ...
+
+class GetSnapshotRequest(_message.Message):
+    __slots__ = ("snapshot_hash", "request_id")
+    SNAPSHOT_HASH_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    snapshot_hash: str
+    request_id: str
+    def __init__(self, snapshot_hash: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetSnapshotResponse(_message.Message):
+    __slots__ = ("status", "snapshot", "canonical_json", "recorded_at_utc", "request", "request_id")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    CANONICAL_JSON_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_AT_UTC_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    snapshot: FeatureSnapshot
+    canonical_json: str
+    recorded_at_utc: str
+    request: _struct_pb2.Struct
+    request_id: str
+    def __init__(self, status: _Optional[str] = ..., snapshot: _Optional[_Union[FeatureSnapshot, _Mapping]] = ..., canonical_json: _Optional[str] = ..., recorded_at_utc: _Optional[str] = ..., request: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...

@@ -45,6 +45,16 @@ class FeatureServiceStub:
                 request_serializer=ofp_dot_v1_dot_feature__service__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=ofp_dot_v1_dot_feature__service__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.GetFeaturesBatch = channel.stream_stream(
+                '/ofp.v1.FeatureService/GetFeaturesBatch',
+                request_serializer=ofp_dot_v1_dot_feature__service__pb2.GetFeaturesBatchRequest.SerializeToString,
+                response_deserializer=ofp_dot_v1_dot_feature__service__pb2.GetFeaturesBatchResponse.FromString,
+                _registered_method=True)
+        self.GetSnapshot = channel.unary_unary(
+                '/ofp.v1.FeatureService/GetSnapshot',
+                request_serializer=ofp_dot_v1_dot_feature__service__pb2.GetSnapshotRequest.SerializeToString,
+                response_deserializer=ofp_dot_v1_dot_feature__service__pb2.GetSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class FeatureServiceServicer:
@@ -65,6 +75,21 @@ class FeatureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFeaturesBatch(self, request_iterator, context):
+        """Many GetFeatures in one call (training retrieval, docs/training.md): requests
+        stream in, one answer or contract error per request streams out, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSnapshot(self, request, context):
+        """A served snapshot from the snapshot log, by its snapshot_hash (docs/audit.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeatureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +102,16 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=ofp_dot_v1_dot_feature__service__pb2.GetStatusRequest.FromString,
                     response_serializer=ofp_dot_v1_dot_feature__service__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'GetFeaturesBatch': grpc.stream_stream_rpc_method_handler(
+                    servicer.GetFeaturesBatch,
+                    request_deserializer=ofp_dot_v1_dot_feature__service__pb2.GetFeaturesBatchRequest.FromString,
+                    response_serializer=ofp_dot_v1_dot_feature__service__pb2.GetFeaturesBatchResponse.SerializeToString,
+            ),
+            'GetSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSnapshot,
+                    request_deserializer=ofp_dot_v1_dot_feature__service__pb2.GetSnapshotRequest.FromString,
+                    response_serializer=ofp_dot_v1_dot_feature__service__pb2.GetSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +169,60 @@ class FeatureService:
             '/ofp.v1.FeatureService/GetStatus',
             ofp_dot_v1_dot_feature__service__pb2.GetStatusRequest.SerializeToString,
             ofp_dot_v1_dot_feature__service__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFeaturesBatch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ofp.v1.FeatureService/GetFeaturesBatch',
+            ofp_dot_v1_dot_feature__service__pb2.GetFeaturesBatchRequest.SerializeToString,
+            ofp_dot_v1_dot_feature__service__pb2.GetFeaturesBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ofp.v1.FeatureService/GetSnapshot',
+            ofp_dot_v1_dot_feature__service__pb2.GetSnapshotRequest.SerializeToString,
+            ofp_dot_v1_dot_feature__service__pb2.GetSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

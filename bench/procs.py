@@ -146,6 +146,16 @@ def start_server(dsn: str, bus_root: Path, port: int, log_path: Path, *,
     ])
 
 
+def run_migrate(dsn: str, bus_root: Path, log_path: Path) -> None:
+    """`ofp migrate` before workloads that start together: the server refuses a
+    database whose schema is not its build's (the projector migrates only
+    when it starts first, as the migration Job does in a deployment)."""
+    proc = Process([str(BIN / "ofp"), "migrate"], product_env(dsn, bus_root), log_path)
+    rc = proc.wait()
+    if rc != 0:
+        raise RuntimeError(f"ofp migrate exited {rc}:\n{proc.tail()}")
+
+
 def start_server_workers(dsn: str, bus_root: Path, port: int, log_path: Path, *, workers: int,
                          features_path: Path = FEATURES_PATH) -> Processes:
     """`ofp-server --workers N`: the supervisor and its N workers (one log, the supervisor's)."""

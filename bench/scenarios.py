@@ -1020,6 +1020,8 @@ async def freshness(ctx: Context) -> None:
     workload.write_bus(bus, "f001", [(1, workload.BASE_US)])
     part = bus / workload.TOPIC / "partition=0.jsonl"
     port = procs.free_port()
+    await asyncio.to_thread(procs.run_migrate, dsn, bus,
+                            ctx.path("migrate-fresh").with_suffix(".log"))
     projector = procs.start_projector(dsn, bus, ctx.path("projector-fresh").with_suffix(".log"),
                                       once=False)
     server = procs.start_server(dsn, bus, port, ctx.path("server-fresh").with_suffix(".log"))

@@ -38,7 +38,7 @@ from ofp.api.v1 import feature_service_pb2 as pb
 from ofp.api.v1 import feature_service_pb2_grpc as pb_grpc
 
 from .pg import BenchPostgres
-from .procs import free_port, start_projector, start_server
+from .procs import free_port, run_migrate, start_projector, start_server
 from .workload import ingest_events, request_doc, request_proto, spread_keys, write_bus
 
 N_KEYS = 1_000
@@ -180,6 +180,7 @@ async def soak() -> tuple[str, bool]:
     # The keys the requests ask for exist before the load starts; ingest adds to them.
     first = write_bus(bus, "50a0", spread_keys(1, N_KEYS), partitions=2)
     port = free_port()
+    await asyncio.to_thread(run_migrate, dsn, bus, work / "migrate.log")
     projector = start_projector(dsn, bus, work / "projector.log", once=False,
                                 log_level="WARNING", lease_ttl_s=10)
     server = start_server(dsn, bus, port, work / "server.log", log_level="WARNING",

@@ -114,11 +114,13 @@ class PolicyCache:
         For a request the cached revisions refuse (a group or revision unknown to
         them): a revision may have just been activated or caught up. One small
         read of the epoch, no more than the request's own read would have cost."""
+        before = self.epoch
         epoch = await pool.fetchval("SELECT epoch FROM active_policy")
-        if epoch is None or epoch == self.epoch:
-            return False
-        await self.load(pool, at_least=int(epoch))
-        return True
+        if epoch is not None and epoch != self.epoch:
+            await self.load(pool, at_least=int(epoch))
+        # True also when another request's load moved the cache while this one
+        # read the epoch: the caller must look again either way.
+        return self.epoch != before
 
     def _install(self, rollout: Rollout | None) -> None:
         if rollout is None:

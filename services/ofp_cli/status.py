@@ -14,6 +14,7 @@ Exit status: 0, or with `--fail-on amber|red` 1 when the state is at least that 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from typing import Any
 
@@ -69,6 +70,12 @@ async def measure_replicas(primary: Any, settings: Settings) -> list[dict[str, A
         primary, settings.database_read_urls, max_lag_s=settings.replica_max_lag_s,
         fallback=settings.replica_fallback, check_interval_s=1.0, pool_max=1)
     try:
+        # Twice, a moment apart: the primary writes WAL of its own (checkpoints,
+        # autovacuum) between commits, so one look cannot tell a caught-up
+        # replica of an idle primary from a lagging one; the second look bounds
+        # the lag by the time since the first measurement it has replayed.
+        await router.check()
+        await asyncio.sleep(0.25)
         await router.check()
         return router.status()
     finally:

@@ -35,6 +35,27 @@ WATERMARK_EXPR = (
     " max(max_event_us) FILTER (WHERE closed))"
 )
 
+# One (cell, window) value: whole tiles plus the two exact edges read from the
+# events (the window arithmetic of ofp.windows); both snapshot statements use it.
+_VALS_CTE = """vals AS (
+    SELECT p.cell, p.win,
+           (coalesce(t.n, 0) + e1.n + e2.n)::bigint AS n,
+           coalesce(t.s, 0) + coalesce(e1.s, 0) + coalesce(e2.s, 0) AS s
+    FROM probe p
+    CROSS JOIN LATERAL (
+        SELECT sum(event_count) AS n, sum(amount_sum) AS s FROM feature_tiles t
+        WHERE t.scope_id = p.scope_id AND t.group_id = p.group_id AND t.key_id = p.key_id
+          AND t.tile_start_us >= p.tile_from_us AND t.tile_start_us < p.tile_to_us) t
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n, sum(amount) AS s FROM feature_events e
+        WHERE e.scope_id = p.scope_id AND e.group_id = p.group_id AND e.key_id = p.key_id
+          AND e.ts_us > p.lo_us AND e.ts_us < p.edge_lo_end_us) e1
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n, sum(amount) AS s FROM feature_events e
+        WHERE e.scope_id = p.scope_id AND e.group_id = p.group_id AND e.key_id = p.key_id
+          AND e.ts_us >= p.edge_hi_start_us AND e.ts_us <= p.hi_us) e2
+),"""
+
 SNAPSHOTS_SQL = """
 -- The run scope of each distinct pin set of the batch (NULL: never seen).
 WITH ps AS (
@@ -76,24 +97,7 @@ probe AS (
     JOIN cell c ON c.req = gw.req AND c.group_id = gw.group_id
     JOIN win w ON w.win = gw.win
 ),
-vals AS (
-    SELECT p.cell, p.win,
-           (coalesce(t.n, 0) + e1.n + e2.n)::bigint AS n,
-           coalesce(t.s, 0) + coalesce(e1.s, 0) + coalesce(e2.s, 0) AS s
-    FROM probe p
-    CROSS JOIN LATERAL (
-        SELECT sum(event_count) AS n, sum(amount_sum) AS s FROM feature_tiles t
-        WHERE t.scope_id = p.scope_id AND t.group_id = p.group_id AND t.key_id = p.key_id
-          AND t.tile_start_us >= p.tile_from_us AND t.tile_start_us < p.tile_to_us) t
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS n, sum(amount) AS s FROM feature_events e
-        WHERE e.scope_id = p.scope_id AND e.group_id = p.group_id AND e.key_id = p.key_id
-          AND e.ts_us > p.lo_us AND e.ts_us < p.edge_lo_end_us) e1
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS n, sum(amount) AS s FROM feature_events e
-        WHERE e.scope_id = p.scope_id AND e.group_id = p.group_id AND e.key_id = p.key_id
-          AND e.ts_us >= p.edge_hi_start_us AND e.ts_us <= p.hi_us) e2
-),
+{vals}
 -- The latest event of each cell within its group's longest window, (lo, as-of].
 lasts AS (
     SELECT c.cell, (
@@ -128,7 +132,7 @@ SELECT pol.policy_id, pol.revision, pol.content_digest, pol.run_config_digest,
 FROM policies pol
 WHERE (pol.policy_id, pol.revision)
     = (SELECT coalesce($25, a.policy_id), coalesce($26, a.revision) FROM active_policy a)
-""".replace("{watermark}", WATERMARK_EXPR)
+""".replace("{watermark}", WATERMARK_EXPR).replace("{vals}", _VALS_CTE)
 
 # One request alone (the common case when requests do not overlap): the same
 # read as SNAPSHOTS_SQL with the pin set and as-of as scalars, so PostgreSQL
@@ -159,24 +163,7 @@ probe AS (
     JOIN cell c ON c.group_id = gw.group_id
     JOIN win w ON w.win = gw.win
 ),
-vals AS (
-    SELECT p.cell, p.win,
-           (coalesce(t.n, 0) + e1.n + e2.n)::bigint AS n,
-           coalesce(t.s, 0) + coalesce(e1.s, 0) + coalesce(e2.s, 0) AS s
-    FROM probe p
-    CROSS JOIN LATERAL (
-        SELECT sum(event_count) AS n, sum(amount_sum) AS s FROM feature_tiles t
-        WHERE t.scope_id = p.scope_id AND t.group_id = p.group_id AND t.key_id = p.key_id
-          AND t.tile_start_us >= p.tile_from_us AND t.tile_start_us < p.tile_to_us) t
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS n, sum(amount) AS s FROM feature_events e
-        WHERE e.scope_id = p.scope_id AND e.group_id = p.group_id AND e.key_id = p.key_id
-          AND e.ts_us > p.lo_us AND e.ts_us < p.edge_lo_end_us) e1
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS n, sum(amount) AS s FROM feature_events e
-        WHERE e.scope_id = p.scope_id AND e.group_id = p.group_id AND e.key_id = p.key_id
-          AND e.ts_us >= p.edge_hi_start_us AND e.ts_us <= p.hi_us) e2
-),
+{vals}
 lasts AS (
     SELECT c.cell, (
         SELECT max(e.ts_us) FROM feature_events e
@@ -214,7 +201,7 @@ CROSS JOIN (
     SELECT array_agg(cell ORDER BY cell) AS last_cells,
            array_agg(last_us ORDER BY cell) AS last_us
     FROM lasts) l
-""".replace("{watermark}", WATERMARK_EXPR)
+""".replace("{watermark}", WATERMARK_EXPR).replace("{vals}", _VALS_CTE)
 
 
 async def read_snapshot(

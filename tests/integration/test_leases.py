@@ -21,9 +21,10 @@ from ofp.store.leases import LeaseManager
 from ofp.store.writes import Fence, LeaseLostError, apply_batch, ensure_partitions
 from ofp_projector.projector import Projector
 from tests.support.cli import cli_env
-from tests.support.harness import default_policy, get_features, project_once, running_server
+from tests.support.harness import default_policy, project_once
 from tests.support.harness import settings as make_settings
-from tests.support.streams import TOPIC, Stream, generate, pins
+from tests.support.streams import TOPIC, generate
+from tests.support.workloads import projection_state
 
 pytestmark = pytest.mark.integration
 PoolFactory = Callable[[], Awaitable[asyncpg.Pool]]
@@ -132,33 +133,6 @@ def _script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def _answers_requests(stream: Stream) -> list[dict[str, Any]]:
-    ts = sorted(e.ts_us for e in stream.truth)
-    from ofp.contracts.timefmt import format_micros
-
-    keys = [{"key_type": "flow_id", "key_id": k} for k in stream.keys]
-    return [
-        {"pins": pins(run), "as_of_time_utc": format_micros(t), "feature_keys": keys,
-         "feature_groups": [{"name": "core_features", "version": "v1"}]}
-        for run in ("A", "B") for t in (ts[len(ts) // 3], ts[-1])
-    ]
-
-
-async def _state(pool: asyncpg.Pool, stream: Stream) -> tuple[Any, ...]:
-    async with running_server(pool) as (_, stub):
-        snaps = []
-        for req in _answers_requests(stream):
-            snap = (await get_features(stub, req))["snapshot"]
-            snap.pop("created_at_utc")
-            snaps.append(snap)
-    # Summed over partitions: which partition applies a re-delivered event first
-    # (APPLIED there, DUPLICATE elsewhere) depends on timing, the totals do not.
-    counters = await pool.fetch(
-        "SELECT outcome, reason, sum(n)::bigint FROM outcome_counters"
-        " GROUP BY outcome, reason ORDER BY outcome, reason")
-    return snaps, [tuple(r) for r in counters]
-
-
 async def test_a_replica_killed_mid_batch_is_taken_over_and_no_fenced_owner_ever_commits(
     pool_factory: PoolFactory, fresh_dsn: str, bus_root: Path, tmp_path: Path
 ) -> None:
@@ -262,6 +236,6 @@ async def test_a_replica_killed_mid_batch_is_taken_over_and_no_fenced_owner_ever
         single = await pool_factory()
         stream.write(tmp_path / "single")
         await project_once(single, tmp_path / "single")
-        assert await _state(pool, stream) == await _state(single, stream)
+        assert await projection_state(pool, stream) == await projection_state(single, stream)
     finally:
         await pool.close()
